@@ -1,0 +1,133 @@
+// The one place that turns errors into HTTP status codes and RFC 9457 problem+json bodies.
+// Errors from every module are matched by their stable `code`; anything unknown is a 500 whose
+// message is not leaked to the client (it is logged instead).
+import Type from 'typebox';
+import { isCodedError } from '../errors.js';
+
+export const problemContentType = 'application/problem+json';
+
+interface ProblemKind {
+  status: number;
+  title: string;
+}
+
+/** Stable error code → HTTP status and title. Codes from consensus/mesh/migration are added here as they appear. */
+export const problemKinds: Readonly<Record<string, ProblemKind>> = {
+  bad_request: { status: 400, title: 'Bad request' },
+  validation_failed: { status: 400, title: 'Request failed validation' },
+  unauthorized: { status: 401, title: 'Authentication required' },
+  forbidden: { status: 403, title: 'Not allowed' },
+  not_found: { status: 404, title: 'Not found' },
+  conflict: { status: 409, title: 'Conflict with the current state' },
+  payload_too_large: { status: 413, title: 'Request body too large' },
+  unsupported_media_type: { status: 415, title: 'Unsupported media type' },
+  internal: { status: 500, title: 'Internal error' },
+  config_invalid: { status: 500, title: 'Node configuration is invalid' },
+  data_dir_invalid: { status: 500, title: 'Node data directory is unusable' },
+  not_ready: { status: 503, title: 'Node is not ready' },
+  qemu_unsupported: { status: 503, title: 'QEMU on this node is missing or too old' },
+};
+
+export interface ProblemFieldError {
+  /** Where in the request: e.g. `body/memoryMiB`, `querystring/limit`. */
+  path: string;
+  message: string;
+}
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: string;
+  instance?: string;
+  errors?: ProblemFieldError[];
+  [extra: string]: unknown;
+}
+
+export const ProblemSchema = Type.Object(
+  {
+    type: Type.String({ description: 'URI naming the kind of problem: urn:novacron:problem:<code>' }),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.String(),
+    code: Type.String({ description: 'Stable machine-readable error code' }),
+    instance: Type.Optional(Type.String()),
+    errors: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
+  },
+  { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details' },
+);
+
+export function problemType(code: string): string {
+  return `urn:novacron:problem:${code}`;
+}
+
+export function makeProblem(code: string, detail: string, extra: Partial<Problem> = {}): Problem {
+  const kind = problemKinds[code] ?? problemKinds.internal!;
+  return { type: problemType(code), title: kind.title, status: kind.status, detail, code, ...extra };
+}
+
+interface FastifyValidationItem {
+  instancePath?: string;
+  message?: string;
+  keyword?: string;
+  params?: Record<string, unknown>;
+}
+
+interface FastifyLikeError extends Error {
+  code?: string;
+  statusCode?: number;
+  validation?: FastifyValidationItem[];
+  validationContext?: string;
+}
+
+export interface MappedProblem {
+  problem: Problem;
+  /** True when the error was not one we expected: the caller logs it with its stack. */
+  unexpected: boolean;
+}
+
+export function toProblem(err: unknown, instance?: string): MappedProblem {
+  const base = instance === undefined ? {} : { instance };
+  const fe = err as FastifyLikeError;
+  if (err instanceof Error && Array.isArray(fe.validation)) {
+    const context = fe.validationContext ?? 'body';
+    const errors = fe.validation.map((v) => validationItem(context, v));
+    const detail = errors.map((e) => `${e.path}: ${e.message}`).join('; ');
+    return { problem: makeProblem('validation_failed', detail, { ...base, errors }), unexpected: false };
+  }
+  if (isCodedError(err) && problemKinds[err.code] !== undefined) {
+    const extra = err.code === 'internal' ? {} : sanitizeDetails((err as { details?: Record<string, unknown> }).details);
+    const unexpected = (problemKinds[err.code]?.status ?? 500) >= 500;
+    return { problem: makeProblem(err.code, err.message, { ...extra, ...base }), unexpected };
+  }
+  // Fastify's own client errors (bad JSON, wrong content type, body too large) carry a 4xx statusCode.
+  if (err instanceof Error && typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    const code = fe.statusCode === 413 ? 'payload_too_large' : fe.statusCode === 415 ? 'unsupported_media_type' : fe.statusCode === 404 ? 'not_found' : 'bad_request';
+    const problem = makeProblem(code, err.message, base);
+    problem.status = fe.statusCode;
+    return { problem, unexpected: false };
+  }
+  return { problem: makeProblem('internal', 'the node hit an unexpected error; see its log', base), unexpected: true };
+}
+
+function validationItem(context: string, v: FastifyValidationItem): ProblemFieldError {
+  let path = context + (v.instancePath ?? '');
+  if (v.keyword === 'additionalProperties' && typeof v.params?.additionalProperty === 'string') {
+    path = `${path}/${v.params.additionalProperty}`;
+    return { path, message: 'unknown field' };
+  }
+  if (v.keyword === 'required' && typeof v.params?.missingProperty === 'string') {
+    return { path: `${path}/${v.params.missingProperty}`, message: 'is required' };
+  }
+  return { path, message: v.message ?? 'is invalid' };
+}
+
+const reservedProblemKeys = new Set(['type', 'title', 'status', 'detail', 'code', 'instance']);
+
+function sanitizeDetails(details: Record<string, unknown> | undefined): Record<string, unknown> {
+  if (details === undefined) return {};
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(details)) if (!reservedProblemKeys.has(k)) out[k] = v;
+  return out;
+}

@@ -1,0 +1,86 @@
+// A small typed client for the node's REST API, shared by every CLI command.
+import { CliApiError, CliConnectionError } from './exit.js';
+import { problemContentType, makeProblem, type Problem } from '../api/problem.js';
+
+export const apiUrlDefault = 'http://127.0.0.1:8780';
+export const requestTimeoutMsDefault = 30_000;
+
+export interface ClientOptions {
+  baseUrl: string;
+  token?: string | undefined;
+  timeoutMs?: number;
+}
+
+export class ApiClient {
+  readonly baseUrl: string;
+  private readonly token: string | undefined;
+  private readonly timeoutMs: number;
+
+  constructor(options: ClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.token = options.token;
+    this.timeoutMs = options.timeoutMs ?? requestTimeoutMsDefault;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  post<T>(path: string, body?: unknown): Promise<T> {
+    return this.request<T>('POST', path, body);
+  }
+
+  delete<T>(path: string): Promise<T> {
+    return this.request<T>('DELETE', path);
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const url = `${this.baseUrl}${path}`;
+    const headers: Record<string, string> = { accept: `application/json, ${problemContentType}` };
+    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+    } catch (err) {
+      throw new CliConnectionError(url, `cannot reach ${this.baseUrl}: ${describeFetchError(err, this.timeoutMs)}`, { cause: err });
+    }
+    const text = await res.text();
+    if (!res.ok) throw new CliApiError(res.status, parseProblem(res.status, text));
+    if (text === '') return undefined as T;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new CliApiError(res.status, makeProblem('internal', `the node answered ${url} with a body that is not JSON`));
+    }
+  }
+}
+
+function parseProblem(status: number, text: string): Problem {
+  try {
+    const parsed = JSON.parse(text) as Partial<Problem>;
+    if (typeof parsed.code === 'string' && typeof parsed.detail === 'string') {
+      return { ...makeProblem(parsed.code, parsed.detail), ...parsed, status };
+    }
+  } catch {
+    // fall through: not a problem+json body (a proxy, or not a NovaCron node)
+  }
+  const code = status >= 500 ? 'internal' : 'bad_request';
+  const problem = makeProblem(code, `HTTP ${status}: ${text.slice(0, 200) || 'no body'}`);
+  problem.status = status;
+  return problem;
+}
+
+function describeFetchError(err: unknown, timeoutMs: number): string {
+  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return `no answer within ${timeoutMs} ms`;
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  if (cause?.code !== undefined) return `${cause.code}${cause.message !== undefined ? ` (${cause.message})` : ''}`;
+  // undici says only "fetch failed"; the reason (e.g. "bad port") is in the cause.
+  if (cause?.message !== undefined) return cause.message;
+  return err instanceof Error ? err.message : String(err);
+}

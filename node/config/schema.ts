@@ -1,0 +1,81 @@
+// The one schema for the node's configuration: file, environment and flags are all validated against it.
+import { hostname } from 'node:os';
+import Type, { type Static } from 'typebox';
+
+export const apiPortDefault = 8780;
+export const bodyLimitBytesDefault = 1024 * 1024;
+export const shutdownTimeoutMsDefault = 10_000;
+export const logFileMaxBytesDefault = 50 * 1024 * 1024;
+
+const LogLevel = Type.Union(
+  [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace')],
+  { description: 'Minimum level of log records written.' },
+);
+
+export const NodeConfigSchema = Type.Object(
+  {
+    dataDir: Type.String({
+      minLength: 1,
+      description: 'Directory holding identity, Raft log, images, VM disks, sockets and logs.',
+    }),
+    node: Type.Object(
+      {
+        name: Type.String({
+          minLength: 1,
+          maxLength: 63,
+          pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$',
+          description: 'Human name of this node (a DNS label); defaults to the host name.',
+        }),
+      },
+      { additionalProperties: false },
+    ),
+    api: Type.Object(
+      {
+        host: Type.String({ minLength: 1, description: 'Address the REST API and web UI listen on.' }),
+        port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port of the REST API and web UI (0 picks a free one).' }),
+        bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, description: 'Largest accepted request body.' }),
+      },
+      { additionalProperties: false },
+    ),
+    log: Type.Object(
+      {
+        level: LogLevel,
+        file: Type.Boolean({ description: 'Also write logs to <dataDir>/logs/node.log (rotated).' }),
+        fileMaxBytes: Type.Integer({ minimum: 64 * 1024, description: 'Size at which node.log is rotated to node.log.1.' }),
+      },
+      { additionalProperties: false },
+    ),
+    shutdown: Type.Object(
+      {
+        timeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, description: 'Longest graceful shutdown before the process exits anyway.' }),
+      },
+      { additionalProperties: false },
+    ),
+    hypervisor: Type.Object(
+      {
+        qemuBinary: Type.String({ minLength: 1, description: 'QEMU system emulator to run VMs with.' }),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type NodeConfig = Static<typeof NodeConfigSchema>;
+
+/** Defaults, applied under whatever the file, environment and flags set. */
+export function configDefaults(): NodeConfig {
+  return {
+    dataDir: process.env.SNAP_COMMON !== undefined ? `${process.env.SNAP_COMMON}/data` : '/var/lib/novacron',
+    node: { name: sanitizeHostname(hostname()) },
+    api: { host: '0.0.0.0', port: apiPortDefault, bodyLimitBytes: bodyLimitBytesDefault },
+    log: { level: 'info', file: false, fileMaxBytes: logFileMaxBytesDefault },
+    shutdown: { timeoutMs: shutdownTimeoutMsDefault },
+    hypervisor: { qemuBinary: 'qemu-system-x86_64' },
+  };
+}
+
+function sanitizeHostname(name: string): string {
+  const label = name.split('.')[0]?.replace(/[^A-Za-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63) ?? '';
+  return label === '' ? 'node' : label;
+}

@@ -1,0 +1,116 @@
+// The composition root: one NovaCron node in one process. It owns the data dir lock and the API
+// server, and later issues add consensus, mesh, agent and migration here, started and stopped in order.
+import type { AddressInfo } from 'node:net';
+import { accessSync, constants } from 'node:fs';
+import type { NodeConfig } from './config/schema.js';
+import { lockDataDir, prepareDataDir, type DataDirLayout, type DataDirLock } from './datadir.js';
+import type { Logger } from './log.js';
+import { createApi, type Api } from './api/server.js';
+import { registerSystemRoutes, type Check, type VersionInfo } from './api/routes/system.js';
+import { probeQemu, qemuVersionMin, type QemuProbe } from './hypervisor/qemu-version.js';
+import { apiVersion, novacronVersion } from './version.js';
+
+export interface NodeStartOptions {
+  config: NodeConfig;
+  logger: Logger;
+}
+
+export class NovaNode {
+  private stopping: Promise<void> | null = null;
+  private readonly startedAtMs = Date.now();
+
+  private constructor(
+    readonly config: NodeConfig,
+    readonly layout: DataDirLayout,
+    private readonly lock: DataDirLock,
+    private readonly api: Api,
+    private readonly qemu: QemuProbe,
+    private readonly logger: Logger,
+  ) {}
+
+  static async start({ config, logger }: NodeStartOptions): Promise<NovaNode> {
+    const { layout, tightened } = prepareDataDir(config.dataDir);
+    for (const dir of tightened) logger.warn({ dir }, 'data dir folder was accessible to other users; permissions set to 0700');
+    const lock = lockDataDir(layout);
+    try {
+      const qemu = await probeQemu(config.hypervisor.qemuBinary);
+      if (!qemu.supported) {
+        logger.warn(
+          { binary: qemu.binary, found: qemu.version?.raw ?? null, error: qemu.error, required: `${qemuVersionMin.major}.${qemuVersionMin.minor}` },
+          'QEMU is missing or too old: this node will refuse to start VMs',
+        );
+      }
+      const api = await createApi({ logger, bodyLimitBytes: config.api.bodyLimitBytes });
+      const node = new NovaNode(config, layout, lock, api, qemu, logger);
+      registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
+      await api.listen({ host: config.api.host, port: config.api.port });
+      logger.info({ api: node.apiUrl, dataDir: layout.root, version: novacronVersion }, 'node started');
+      return node;
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  /** The URL the API answers on, with the port the OS picked when the config asked for 0. */
+  get apiUrl(): string {
+    const addr = this.api.server.address() as AddressInfo | null;
+    const port = addr?.port ?? this.config.api.port;
+    const host = this.config.api.host === '0.0.0.0' || this.config.api.host === '::' ? '127.0.0.1' : this.config.api.host;
+    return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  }
+
+  checks(): Check[] {
+    return [
+      { name: 'api', ok: this.api.server.listening, required: true, detail: this.api.server.listening ? 'listening' : 'not listening' },
+      dataDirCheck(this.layout),
+      {
+        name: 'qemu',
+        ok: this.qemu.supported,
+        // Not required: a node without a usable QEMU still serves the API and the cluster state.
+        required: false,
+        detail: this.qemu.supported ? (this.qemu.version?.raw ?? '') : (this.qemu.error ?? `QEMU older than ${qemuVersionMin.major}.${qemuVersionMin.minor}`),
+      },
+    ];
+  }
+
+  versionInfo(): VersionInfo {
+    const v = this.qemu.version;
+    return {
+      version: novacronVersion,
+      apiVersion,
+      node: { name: this.config.node.name },
+      runtime: { node: process.version, platform: process.platform, arch: process.arch },
+      qemu: {
+        binary: this.qemu.binary,
+        version: v === null ? null : `${v.major}.${v.minor}.${v.micro}`,
+        supported: this.qemu.supported,
+        detail: v?.raw ?? this.qemu.error ?? '',
+      },
+      uptimeSeconds: Math.round((Date.now() - this.startedAtMs) / 1000),
+    };
+  }
+
+  /** Stops components in reverse order of start. Safe to call more than once. */
+  stop(reason: string): Promise<void> {
+    this.stopping ??= (async () => {
+      this.logger.info({ reason }, 'node stopping');
+      try {
+        await this.api.close();
+      } finally {
+        this.lock.release();
+      }
+      this.logger.info('node stopped');
+    })();
+    return this.stopping;
+  }
+}
+
+function dataDirCheck(layout: DataDirLayout): Check {
+  try {
+    accessSync(layout.root, constants.W_OK);
+    return { name: 'dataDir', ok: true, required: true, detail: layout.root };
+  } catch (err) {
+    return { name: 'dataDir', ok: false, required: true, detail: `${layout.root}: ${(err as Error).message}` };
+  }
+}
