@@ -1,7 +1,7 @@
 // The data directory: one folder per concern, private to the node's user, and a pid lock so that two
 // node processes never share one (LevelDB, QMP sockets and VM disks assume a single owner).
-import { constants, accessSync, chmodSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { constants, accessSync, chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { DataDirError, errorMessage } from './errors.js';
 
 export const dataDirModeSafe = 0o700;
@@ -51,6 +51,20 @@ export function prepareDataDir(root: string): PrepareResult {
   return { layout, tightened };
 }
 
+/**
+ * mkdir -p, one level at a time. Node 20's `mkdirSync(..., { recursive: true })` spins forever on paths
+ * under /proc (it retries ENOENT), which would hang the node on a bad dataDir instead of failing.
+ */
+function mkdirParents(dir: string): void {
+  const parent = dirname(dir);
+  if (parent !== dir && !existsSync(parent)) mkdirParents(parent);
+  try {
+    mkdirSync(dir, { mode: dataDirModeSafe });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+}
+
 function ensureDir(dir: string, tightened: string[]): void {
   let st;
   try {
@@ -60,7 +74,7 @@ function ensureDir(dir: string, tightened: string[]): void {
       throw new DataDirError(`data dir: cannot inspect ${dir}: ${errorMessage(err)}`, { cause: err });
     }
     try {
-      mkdirSync(dir, { recursive: true, mode: dataDirModeSafe });
+      mkdirParents(dir);
     } catch (mkErr) {
       throw new DataDirError(`data dir: cannot create ${dir}: ${errorMessage(mkErr)}`, { cause: mkErr });
     }
