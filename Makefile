@@ -1,7 +1,7 @@
 # The README quick start: `make demo` and `make test`, each self-sufficient on a fresh Debian 12 machine (as root).
 SHELL := /bin/bash
 export npm_config_nodedir := /usr
-HOST_DEPS := --qemu
+HOST_DEPS := --qemu --netns
 
 .PHONY: demo test build deps host-deps lint typecheck clean
 

@@ -1,5 +1,5 @@
-// The composition root: one NovaCron node in one process. It owns the data dir lock and the API
-// server, and later issues add consensus, mesh, agent and migration here, started and stopped in order.
+// The composition root: one NovaCron node in one process. It owns the data dir lock, the mesh and the
+// API server, and later issues add consensus, agent and migration here, started and stopped in order.
 import type { AddressInfo } from 'node:net';
 import { accessSync, constants } from 'node:fs';
 import type { NodeConfig } from './config/schema.js';
@@ -9,6 +9,7 @@ import { createApi, type Api } from './api/server.js';
 import { registerSystemRoutes, type Check, type VersionInfo } from './api/routes/system.js';
 import { probeQemu, qemuVersionMin, type QemuProbe } from './hypervisor/qemu-version.js';
 import { apiVersion, novacronVersion } from './version.js';
+import type { Mesh } from '../mesh/mesh.js';
 
 export interface NodeStartOptions {
   config: NodeConfig;
@@ -26,12 +27,14 @@ export class NovaNode {
     private readonly api: Api,
     private readonly qemu: QemuProbe,
     private readonly logger: Logger,
+    readonly mesh: Mesh,
   ) {}
 
   static async start({ config, logger }: NodeStartOptions): Promise<NovaNode> {
     const { layout, tightened } = prepareDataDir(config.dataDir);
     for (const dir of tightened) logger.warn({ dir }, 'data dir folder was accessible to other users; permissions set to 0700');
     const lock = lockDataDir(layout);
+    let mesh: Mesh | undefined;
     try {
       const qemu = await probeQemu(config.hypervisor.qemuBinary);
       if (!qemu.supported) {
@@ -40,13 +43,30 @@ export class NovaNode {
           'QEMU is missing or too old: this node will refuse to start VMs',
         );
       }
+      // Loaded here rather than at the top: every CLI command imports this module, and libp2p is slow to load.
+      const { Mesh } = await import('../mesh/mesh.js');
+      const { registerMeshRoutes } = await import('./api/routes/mesh.js');
+      mesh = await Mesh.create({
+        config: config.mesh,
+        identityDir: layout.identity,
+        dataDir: layout.root,
+        nodeName: config.node.name,
+        version: novacronVersion,
+        logger: logger.child({ component: 'mesh' }),
+      });
+      await mesh.start();
       const api = await createApi({ logger, bodyLimitBytes: config.api.bodyLimitBytes });
-      const node = new NovaNode(config, layout, lock, api, qemu, logger);
+      const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
+      registerMeshRoutes(api, { mesh });
       await api.listen({ host: config.api.host, port: config.api.port });
-      logger.info({ api: node.apiUrl, dataDir: layout.root, version: novacronVersion }, 'node started');
+      logger.info(
+        { api: node.apiUrl, dataDir: layout.root, version: novacronVersion, peerId: mesh.peerId, meshAddrs: mesh.addresses() },
+        'node started',
+      );
       return node;
     } catch (err) {
+      await mesh?.stop().catch(() => undefined);
       lock.release();
       throw err;
     }
@@ -71,6 +91,7 @@ export class NovaNode {
         required: false,
         detail: this.qemu.supported ? (this.qemu.version?.raw ?? '') : (this.qemu.error ?? `QEMU older than ${qemuVersionMin.major}.${qemuVersionMin.minor}`),
       },
+      meshCheck(this.mesh),
     ];
   }
 
@@ -79,7 +100,7 @@ export class NovaNode {
     return {
       version: novacronVersion,
       apiVersion,
-      node: { name: this.config.node.name },
+      node: { name: this.config.node.name, id: this.mesh.peerId },
       runtime: { node: process.version, platform: process.platform, arch: process.arch },
       qemu: {
         binary: this.qemu.binary,
@@ -97,6 +118,7 @@ export class NovaNode {
       this.logger.info({ reason }, 'node stopping');
       try {
         await this.api.close();
+        await this.mesh.stop();
       } finally {
         this.lock.release();
       }
@@ -104,6 +126,13 @@ export class NovaNode {
     })();
     return this.stopping;
   }
+}
+
+function meshCheck(mesh: Mesh): Check {
+  const running = mesh.isRunning;
+  const addrs = running ? mesh.addresses() : [];
+  const ok = running && addrs.length > 0;
+  return { name: 'mesh', ok, required: true, detail: !running ? 'mesh not running' : ok ? `${addrs.length} addresses, ${mesh.libp2p.getConnections().length} connections` : 'no listen address' };
 }
 
 function dataDirCheck(layout: DataDirLayout): Check {

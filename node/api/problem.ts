@@ -26,6 +26,25 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   data_dir_invalid: { status: 500, title: 'Node data directory is unusable' },
   not_ready: { status: 503, title: 'Node is not ready' },
   qemu_unsupported: { status: 503, title: 'QEMU on this node is missing or too old' },
+  // mesh/ (mesh/errors.ts)
+  join_token_malformed: { status: 400, title: 'Join token is malformed' },
+  join_token_invalid: { status: 403, title: 'Join token was not issued by this cluster' },
+  join_token_expired: { status: 410, title: 'Join token has expired' },
+  join_token_revoked: { status: 403, title: 'Join token was revoked' },
+  join_token_used: { status: 409, title: 'Join token was already used' },
+  join_token_wrong_cluster: { status: 409, title: 'Join token belongs to another cluster' },
+  join_token_not_found: { status: 404, title: 'No such join token' },
+  mesh_join_unreachable: { status: 502, title: 'No bootstrap address of the join token answered' },
+  mesh_already_in_cluster: { status: 409, title: 'This node already belongs to another cluster' },
+  mesh_timeout: { status: 504, title: 'A peer did not answer in time' },
+  mesh_peer_unreachable: { status: 502, title: 'Peer unreachable' },
+  mesh_stream_refused: { status: 502, title: 'Peer refused the stream' },
+  mesh_remote_error: { status: 502, title: 'Peer answered with an error' },
+  mesh_invalid_message: { status: 502, title: 'Peer sent an invalid message' },
+  mesh_message_too_large: { status: 502, title: 'Message larger than the protocol allows' },
+  mesh_not_member: { status: 403, title: 'Peer is not a member of this cluster' },
+  mesh_not_running: { status: 503, title: 'The mesh is not running' },
+  mesh_state_invalid: { status: 500, title: 'Mesh state in the data dir is unusable' },
 };
 
 export interface ProblemFieldError {

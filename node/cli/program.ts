@@ -6,6 +6,7 @@ import { CliApiError, CliUsageError, ExitCode, exitCodeFor } from './exit.js';
 import { Output } from './output.js';
 import { registerNodeCommands } from './commands/node.js';
 import { registerVersionCommand } from './commands/version.js';
+import { registerClusterCommands, registerNodeListCommand } from './commands/mesh.js';
 import { novacronVersion } from '../version.js';
 
 export interface GlobalOptions {
@@ -62,7 +63,9 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
 
   registerVersionCommand(program, context);
   registerNodeCommands(program, context);
-  // Later groups register here: cluster, vm, migration, image, token.
+  registerNodeListCommand(program, context);
+  registerClusterCommands(program, context);
+  // Later groups register here: vm, migration, image, token.
   program.commands.forEach(applyExitOverride);
   return { program, context };
 }

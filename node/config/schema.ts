@@ -1,6 +1,15 @@
 // The one schema for the node's configuration: file, environment and flags are all validated against it.
 import { hostname } from 'node:os';
 import Type, { type Static } from 'typebox';
+import {
+  maxConnectionsDefault,
+  meshListenDefault,
+  relayDataLimitBytesDefault,
+  relayDurationLimitMsDefault,
+  relayMaxReservationsDefault,
+  relayReservationTtlMsDefault,
+  telemetryIntervalMsDefault,
+} from '../../mesh/defaults.js';
 
 export const apiPortDefault = 8780;
 export const bodyLimitBytesDefault = 1024 * 1024;
@@ -57,6 +66,30 @@ export const NodeConfigSchema = Type.Object(
       },
       { additionalProperties: false },
     ),
+    mesh: Type.Object(
+      {
+        listen: Type.Array(Type.String({ minLength: 1 }), { description: 'libp2p multiaddrs the mesh listens on.' }),
+        announce: Type.Array(Type.String({ minLength: 1 }), { description: 'Multiaddrs announced to peers instead of the listen addresses (e.g. a public address).' }),
+        bootstrap: Type.Array(Type.String({ minLength: 1 }), { description: 'Multiaddrs (with /p2p/<peer id>) dialled at start; a join token adds its own.' }),
+        mdns: Type.Boolean({ description: 'Discover peers on the LAN with mDNS.' }),
+        relay: Type.Object(
+          {
+            enabled: Type.Boolean({ description: 'Act as a bounded circuit relay v2 for nodes without a reachable address.' }),
+            reserve: Type.Boolean({ description: 'Reserve a slot on a relay among connected peers and advertise the circuit address (for a node behind NAT).' }),
+            maxReservations: Type.Integer({ minimum: 0, maximum: 4096, description: 'Relay reservations this node serves at once.' }),
+            reservationTtlMs: Type.Integer({ minimum: 1000, description: 'Lifetime of a relay reservation before it must be renewed.' }),
+            dataLimitBytes: Type.Integer({ minimum: 1024, description: 'Bytes one relayed connection may carry in each direction before it is closed.' }),
+            durationLimitMs: Type.Integer({ minimum: 1000, description: 'Longest lifetime of one relayed connection.' }),
+          },
+          { additionalProperties: false },
+        ),
+        members: Type.Array(Type.String({ minLength: 1 }), { description: 'Peer IDs allowed to speak cluster protocols, besides peers admitted by join tokens.' }),
+        telemetryIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, description: 'How often this node publishes its telemetry sample.' }),
+        telemetryTtlMs: Type.Integer({ minimum: 0, description: 'A node silent this long is unreachable in the view; 0 = 3 x interval + 1 s.' }),
+        maxConnections: Type.Integer({ minimum: 1, maximum: 100_000, description: 'Most libp2p connections this node keeps open.' }),
+      },
+      { additionalProperties: false },
+    ),
   },
   { additionalProperties: false },
 );
@@ -72,6 +105,24 @@ export function configDefaults(): NodeConfig {
     log: { level: 'info', file: false, fileMaxBytes: logFileMaxBytesDefault },
     shutdown: { timeoutMs: shutdownTimeoutMsDefault },
     hypervisor: { qemuBinary: 'qemu-system-x86_64' },
+    mesh: {
+      listen: [...meshListenDefault],
+      announce: [],
+      bootstrap: [],
+      mdns: true,
+      relay: {
+        enabled: true,
+        reserve: false,
+        maxReservations: relayMaxReservationsDefault,
+        reservationTtlMs: relayReservationTtlMsDefault,
+        dataLimitBytes: relayDataLimitBytesDefault,
+        durationLimitMs: relayDurationLimitMsDefault,
+      },
+      members: [],
+      telemetryIntervalMs: telemetryIntervalMsDefault,
+      telemetryTtlMs: 0,
+      maxConnections: maxConnectionsDefault,
+    },
   };
 }
 

@@ -23,10 +23,19 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
   return collect(child, options.timeoutMs ?? 20_000);
 }
 
+/**
+ * Test nodes keep off the LAN and the fixed mesh port: a free loopback port each and no mDNS, so parallel
+ * test files never collide or discover each other. A test's own env or flags override these.
+ */
+export const testNodeEnv: Record<string, string> = {
+  NOVACRON_MESH_LISTEN: '/ip4/127.0.0.1/tcp/0',
+  NOVACRON_MESH_MDNS: 'false',
+};
+
 export function spawnCli(args: string[], env: Record<string, string> = {}): ChildProcess {
   assertBuilt();
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NOVACRON_')));
-  return spawn(process.execPath, [cliPath, ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(process.execPath, [cliPath, ...args], { env: { ...base, ...testNodeEnv, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 export function collect(child: ChildProcess, timeoutMs: number): Promise<RunResult> {

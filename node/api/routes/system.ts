@@ -14,7 +14,7 @@ export type Check = Static<typeof CheckSchema>;
 export const VersionSchema = Type.Object({
   version: Type.String({ description: 'NovaCron version of this node' }),
   apiVersion: Type.String(),
-  node: Type.Object({ name: Type.String() }),
+  node: Type.Object({ name: Type.String(), id: Type.Optional(Type.String({ description: 'Node ID: the libp2p peer ID of this node' })) }),
   runtime: Type.Object({ node: Type.String(), platform: Type.String(), arch: Type.String() }),
   qemu: Type.Object({
     binary: Type.String(),

@@ -1,0 +1,460 @@
+// The Raft driver: runs the pure core with a real clock, durable storage, a transport and a state machine.
+// It is the only place where consensus touches time and I/O; the core stays deterministic.
+import { Raft, type Ready, type RaftConfig } from './core/raft.js';
+import { NotLeaderError, ProposalDroppedError } from './core/errors.js';
+import { decodeConfRecord } from './core/log.js';
+import type { ConfChange, Message, ReadState } from './core/messages.js';
+import type { RandomSource } from './core/random.js';
+import type { ConfState, Entry, NodeId, RaftStorage, Snapshot } from './types.js';
+
+export const tickIntervalMsDefault = 100;
+export const proposalTimeoutMsDefault = 5_000;
+export const readTimeoutMsDefault = 5_000;
+/** Proposals waiting to be applied on this node; more are refused rather than queued without bound. */
+export const maxPendingProposals = 8_192;
+/** Linearizable reads waiting for a read point. */
+export const maxPendingReads = 8_192;
+/** Snapshot the state machine and compact the log once this many entries were applied since the last one. */
+export const snapshotEveryEntriesDefault = 10_000;
+/** Entries kept below a new snapshot so that slightly lagging followers catch up from the log, not a snapshot. */
+export const compactionKeepEntriesDefault = 1_000;
+/** Entries read from storage per call when loading the log at start. */
+const loadBatchBytes = 16 * 1024 * 1024;
+
+/** The deterministic state machine Raft replicates. */
+export interface StateMachine {
+  /** Applies a committed command. Must be deterministic; its result goes to the proposer on this node. */
+  apply(command: Uint8Array, index: number): unknown;
+  /** Serializes the whole state (taken at the last applied index). */
+  snapshot(): Uint8Array;
+  /** Replaces the whole state with a snapshot's. */
+  restore(data: Uint8Array, index: number): void;
+}
+
+/** Carries Raft messages between nodes. Delivery may drop, duplicate or reorder: Raft tolerates all three. */
+export interface RaftTransport {
+  /** Queues a message; never blocks. Messages to unreachable peers may be dropped. */
+  send(message: Message): void;
+  /** Registers the handler for inbound messages already validated and addressed to this node. */
+  onMessage(handler: (message: Message) => void): void;
+  close(): Promise<void>;
+}
+
+/** Minimal structured logger (pino-compatible) so consensus does not depend on the node's logging. */
+export interface RaftLogger {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export class ProposalTimeoutError extends Error {
+  override readonly name = 'ProposalTimeoutError';
+  readonly code = 'proposal_timeout';
+}
+
+export class ReadTimeoutError extends Error {
+  override readonly name = 'ReadTimeoutError';
+  readonly code = 'read_timeout';
+}
+
+export class RaftOverloadedError extends Error {
+  override readonly name = 'RaftOverloadedError';
+  readonly code = 'raft_overloaded';
+}
+
+export class RaftStoppedError extends Error {
+  override readonly name = 'RaftStoppedError';
+  readonly code = 'raft_stopped';
+}
+
+export interface RaftNodeOptions {
+  id: NodeId;
+  storage: RaftStorage;
+  transport: RaftTransport;
+  stateMachine: StateMachine;
+  /** Bootstrap configuration for a brand-new cluster; a joining node passes none (it learns it from the leader). */
+  bootstrap?: ConfState;
+  random: RandomSource;
+  logger: RaftLogger;
+  tickIntervalMs?: number;
+  proposalTimeoutMs?: number;
+  readTimeoutMs?: number;
+  snapshotEveryEntries?: number;
+  compactionKeepEntries?: number;
+  /** Core tuning: election and heartbeat ticks, message sizes, in-flight bounds. */
+  core?: Omit<RaftConfig, 'id' | 'random'>;
+  /** Called after a membership change is applied, with the new configuration. */
+  onConfChange?: (conf: ConfState, change: ConfChange) => void;
+}
+
+export interface RaftStatus {
+  id: NodeId;
+  role: string;
+  term: number;
+  leader: NodeId | null;
+  commit: number;
+  applied: number;
+  snapshotIndex: number;
+  conf: ConfState;
+}
+
+export interface RaftCounters {
+  proposals: number;
+  proposalsFailed: number;
+  leaderChanges: number;
+  readyBatches: number;
+  entriesPersisted: number;
+  entriesApplied: number;
+  messagesSent: number;
+  messagesReceived: number;
+  snapshotsTaken: number;
+  snapshotsInstalled: number;
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+interface ProposalWaiter extends Waiter<unknown> {
+  term: number;
+}
+
+export class RaftNode {
+  readonly id: NodeId;
+  private readonly core: Raft;
+  private readonly storage: RaftStorage;
+  private readonly transport: RaftTransport;
+  private readonly sm: StateMachine;
+  private readonly log: RaftLogger;
+  private readonly proposalTimeoutMs: number;
+  private readonly readTimeoutMs: number;
+  private readonly snapshotEveryEntries: number;
+  private readonly compactionKeepEntries: number;
+  private readonly onConfChange: ((conf: ConfState, change: ConfChange) => void) | undefined;
+  private readonly ticker: NodeJS.Timeout;
+
+  private readonly proposals = new Map<number, ProposalWaiter>();
+  private readonly reads = new Map<string, Waiter<void>>();
+  /** Read points received but not yet servable (applied < index). */
+  private readonly readPoints: ReadState[] = [];
+  private readCounter = 0;
+  private applied: number;
+  private snapshotIndex: number;
+  private scheduled = false;
+  private running = false;
+  private stopped = false;
+  private fatal: Error | null = null;
+  private idleWaiters: (() => void)[] = [];
+  readonly counters: RaftCounters = {
+    proposals: 0,
+    proposalsFailed: 0,
+    leaderChanges: 0,
+    readyBatches: 0,
+    entriesPersisted: 0,
+    entriesApplied: 0,
+    messagesSent: 0,
+    messagesReceived: 0,
+    snapshotsTaken: 0,
+    snapshotsInstalled: 0,
+  };
+  private leaderListeners: ((leader: NodeId | null, term: number) => void)[] = [];
+
+  private constructor(options: RaftNodeOptions, core: Raft, applied: number, snapshotIndex: number) {
+    this.id = options.id;
+    this.core = core;
+    this.storage = options.storage;
+    this.transport = options.transport;
+    this.sm = options.stateMachine;
+    this.log = options.logger;
+    this.proposalTimeoutMs = options.proposalTimeoutMs ?? proposalTimeoutMsDefault;
+    this.readTimeoutMs = options.readTimeoutMs ?? readTimeoutMsDefault;
+    this.snapshotEveryEntries = options.snapshotEveryEntries ?? snapshotEveryEntriesDefault;
+    this.compactionKeepEntries = options.compactionKeepEntries ?? compactionKeepEntriesDefault;
+    this.onConfChange = options.onConfChange;
+    this.applied = applied;
+    this.snapshotIndex = snapshotIndex;
+    this.transport.onMessage((m) => {
+      if (this.stopped) return;
+      this.counters.messagesReceived++;
+      try {
+        this.core.step(m);
+      } catch (err) {
+        this.log.warn({ err, from: m.from, type: m.type }, 'raft message rejected');
+        return;
+      }
+      this.schedule();
+    });
+    this.ticker = setInterval(() => {
+      this.core.tick();
+      this.schedule();
+    }, options.tickIntervalMs ?? tickIntervalMsDefault);
+    this.ticker.unref();
+  }
+
+  /**
+   * Opens the node from what storage holds: the snapshot restores the state machine, the log after it is
+   * loaded into the core, and committed entries are re-applied as the core hands them out.
+   */
+  static async open(options: RaftNodeOptions): Promise<RaftNode> {
+    const state = await options.storage.initialState();
+    const snapshot = await options.storage.snapshot();
+    const entries: Entry[] = [];
+    let next = Math.max(state.firstIndex, (snapshot?.meta.index ?? 0) + 1);
+    while (next <= state.lastIndex) {
+      const batch = await options.storage.entries(next, state.lastIndex + 1, loadBatchBytes);
+      entries.push(...batch);
+      next += batch.length;
+    }
+    const snapshotIndex = snapshot?.meta.index ?? 0;
+    if (snapshot !== null) options.stateMachine.restore(snapshot.data, snapshotIndex);
+    const core = new Raft(
+      { ...options.core, id: options.id, random: options.random },
+      { hardState: state.hardState, snapshot, entries, conf: options.bootstrap, applied: snapshotIndex },
+    );
+    const node = new RaftNode(options, core, snapshotIndex, snapshotIndex);
+    options.logger.info(
+      { term: state.hardState.term, commit: state.hardState.commit, snapshotIndex, lastIndex: state.lastIndex },
+      'raft node opened',
+    );
+    node.schedule();
+    return node;
+  }
+
+  status(): RaftStatus {
+    const s = this.core.status;
+    return {
+      id: this.id,
+      role: s.role,
+      term: s.term,
+      leader: s.leader,
+      commit: s.commit,
+      applied: this.applied,
+      snapshotIndex: this.snapshotIndex,
+      conf: s.conf,
+    };
+  }
+
+  /** Calls `listener` whenever the known leader or term changes. */
+  onLeaderChange(listener: (leader: NodeId | null, term: number) => void): void {
+    this.leaderListeners.push(listener);
+  }
+
+  /**
+   * Proposes a command. Resolves with the state machine's result once the entry is applied on this node;
+   * rejects with NotLeaderError (with the leader hint) on a follower, ProposalDroppedError when leadership
+   * was lost before it committed, ProposalTimeoutError, or RaftOverloadedError.
+   */
+  propose(command: Uint8Array): Promise<unknown> {
+    this.assertRunning();
+    if (this.proposals.size >= maxPendingProposals) {
+      return Promise.reject(new RaftOverloadedError(`${maxPendingProposals} proposals already pending`));
+    }
+    const ref = this.core.propose(command); // throws NotLeaderError / ProposalDroppedError synchronously
+    this.counters.proposals++;
+    const promise = this.wait(this.proposals, ref.index, this.proposalTimeoutMs, () => new ProposalTimeoutError(`entry ${ref.index} not applied within ${this.proposalTimeoutMs} ms`), { term: ref.term });
+    this.schedule();
+    return promise;
+  }
+
+  /** Proposes a membership change; resolves when it is applied here. */
+  proposeConfChange(change: ConfChange): Promise<unknown> {
+    this.assertRunning();
+    const ref = this.core.proposeConfChange(change);
+    const promise = this.wait(this.proposals, ref.index, this.proposalTimeoutMs, () => new ProposalTimeoutError(`membership change at ${ref.index} not applied in time`), { term: ref.term });
+    this.schedule();
+    return promise;
+  }
+
+  /**
+   * Waits for a linearizable read point (ReadIndex, §6.4): once it resolves, the local state machine reflects
+   * every write acknowledged before the call. Rejects with NotLeaderError when no leader is known.
+   */
+  readBarrier(): Promise<void> {
+    this.assertRunning();
+    if (this.reads.size >= maxPendingReads) return Promise.reject(new RaftOverloadedError(`${maxPendingReads} reads already pending`));
+    const ctx = `${this.id}/${++this.readCounter}`;
+    this.core.readIndex(ctx);
+    const promise = this.wait<string, void, Waiter<void>>(this.reads, ctx, this.readTimeoutMs, () => new ReadTimeoutError(`no read point within ${this.readTimeoutMs} ms (no quorum?)`), {});
+    this.schedule();
+    return promise;
+  }
+
+  transferLeader(to: NodeId): void {
+    this.assertRunning();
+    this.core.transferLeader(to);
+    this.schedule();
+  }
+
+  /** Resolves once every Ready produced so far is persisted, sent and applied (for tests and orderly shutdown). */
+  idle(): Promise<void> {
+    if (!this.running && !this.scheduled) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.ticker);
+    await this.idle();
+    const err = new RaftStoppedError('raft node stopped');
+    for (const [, w] of this.proposals) this.settle(w, err);
+    for (const [, w] of this.reads) this.settle(w, err);
+    this.proposals.clear();
+    this.reads.clear();
+    await this.transport.close();
+    await this.storage.close();
+  }
+
+  private assertRunning(): void {
+    if (this.fatal !== null) throw this.fatal;
+    if (this.stopped) throw new RaftStoppedError('raft node stopped');
+  }
+
+  private wait<K, T, W extends Waiter<T>>(
+    map: Map<K, W>,
+    key: K,
+    timeoutMs: number,
+    timeoutError: () => Error,
+    extra: Omit<W, keyof Waiter<T>>,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        map.delete(key);
+        if (map === (this.proposals as unknown)) this.counters.proposalsFailed++;
+        reject(timeoutError());
+      }, timeoutMs);
+      map.set(key, { ...extra, resolve, reject, timer } as unknown as W);
+    });
+  }
+
+  private settle<T>(w: Waiter<T>, err: Error): void {
+    clearTimeout(w.timer);
+    w.reject(err);
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.running || this.fatal !== null) return;
+    this.scheduled = true;
+    // setImmediate lets every message and proposal that arrived in this turn join one Ready: one fsync for all.
+    setImmediate(() => void this.run());
+  }
+
+  private async run(): Promise<void> {
+    this.scheduled = false;
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (this.core.hasReady()) {
+        const rd = this.core.ready();
+        await this.handle(rd);
+        this.core.advance(rd);
+        await this.maybeSnapshot();
+      }
+    } catch (err) {
+      // A storage failure leaves the durable state unknown: stop acting on it rather than risk safety.
+      this.fatal = err instanceof Error ? err : new Error(String(err));
+      this.log.error({ err: this.fatal }, 'raft node halted on a storage failure; restart the node');
+      clearInterval(this.ticker);
+      for (const [, w] of this.proposals) this.settle(w, this.fatal);
+      for (const [, w] of this.reads) this.settle(w, this.fatal);
+      this.proposals.clear();
+      this.reads.clear();
+    } finally {
+      this.running = false;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  private async handle(rd: Ready): Promise<void> {
+    this.counters.readyBatches++;
+    if (rd.softState !== null) {
+      const s = this.core.status;
+      this.counters.leaderChanges++;
+      this.log.info({ leader: rd.softState.leader, role: rd.softState.role, term: s.term }, 'raft leadership changed');
+      for (const l of this.leaderListeners) l(rd.softState.leader, s.term);
+    }
+    if (rd.snapshot !== null) {
+      await this.storage.applySnapshot(rd.snapshot);
+      this.sm.restore(rd.snapshot.data, rd.snapshot.meta.index);
+      this.applied = rd.snapshot.meta.index;
+      this.snapshotIndex = rd.snapshot.meta.index;
+      this.counters.snapshotsInstalled++;
+      this.log.info({ index: rd.snapshot.meta.index, bytes: rd.snapshot.data.byteLength }, 'raft snapshot installed');
+    }
+    if (rd.hardState !== null || rd.entries.length > 0) {
+      await this.storage.save(rd.hardState, rd.entries);
+      this.counters.entriesPersisted += rd.entries.length;
+    }
+    // Only now, with hard state and entries durable, may messages leave (Ready's contract).
+    for (const m of rd.messages) {
+      this.transport.send(m);
+      this.counters.messagesSent++;
+    }
+    for (const e of rd.committedEntries) this.applyEntry(e);
+    if (rd.readStates.length > 0) this.readPoints.push(...rd.readStates);
+    this.serveReads();
+  }
+
+  private applyEntry(e: Entry): void {
+    if (e.index <= this.applied) return; // already in the restored snapshot
+    let result: unknown;
+    let error: Error | null = null;
+    try {
+      if (e.type === 'normal') result = this.sm.apply(e.data, e.index);
+      else if (e.type === 'conf') {
+        const record = decodeConfRecord(e.data);
+        this.onConfChange?.(record.conf, record.change);
+        result = record.conf;
+      }
+    } catch (err) {
+      // A deterministic command error (e.g. a rejected write) is the proposer's answer, not a node failure.
+      error = err instanceof Error ? err : new Error(String(err));
+    }
+    this.applied = e.index;
+    this.counters.entriesApplied++;
+    const w = this.proposals.get(e.index);
+    if (w === undefined) return;
+    this.proposals.delete(e.index);
+    clearTimeout(w.timer);
+    if (w.term !== e.term) {
+      this.counters.proposalsFailed++;
+      w.reject(new ProposalDroppedError(`entry ${e.index} was replaced by a new leader's entry (term ${e.term})`));
+    } else if (error !== null) w.reject(error);
+    else w.resolve(result);
+  }
+
+  private serveReads(): void {
+    for (let i = 0; i < this.readPoints.length; ) {
+      const rs = this.readPoints[i];
+      if (rs === undefined || rs.index > this.applied) {
+        i++;
+        continue;
+      }
+      this.readPoints.splice(i, 1);
+      const w = this.reads.get(rs.ctx);
+      if (w === undefined) continue; // timed out already, or another node's
+      this.reads.delete(rs.ctx);
+      clearTimeout(w.timer);
+      w.resolve();
+    }
+    // Read points whose waiter is gone would otherwise accumulate.
+    if (this.readPoints.length > maxPendingReads) this.readPoints.splice(0, this.readPoints.length - maxPendingReads);
+  }
+
+  private async maybeSnapshot(): Promise<void> {
+    if (this.applied - this.snapshotIndex < this.snapshotEveryEntries) return;
+    const data = this.sm.snapshot();
+    const snap: Snapshot = this.core.compact(this.applied, data);
+    await this.storage.compact(snap, this.compactionKeepEntries);
+    this.snapshotIndex = snap.meta.index;
+    this.counters.snapshotsTaken++;
+    this.log.info({ index: snap.meta.index, bytes: data.byteLength }, 'raft snapshot taken, log compacted');
+  }
+}
+
+export { NotLeaderError, ProposalDroppedError };
