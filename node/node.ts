@@ -7,6 +7,8 @@ import { lockDataDir, prepareDataDir, type DataDirLayout, type DataDirLock } fro
 import type { Logger } from './log.js';
 import { createApi, type Api } from './api/server.js';
 import { registerSystemRoutes, type Check, type VersionInfo } from './api/routes/system.js';
+import { registerMetricsRoutes } from './api/routes/metrics.js';
+import { NodeMetrics, renderClusterMetrics } from './metrics.js';
 import { probeQemu, qemuVersionMin, type QemuProbe } from './hypervisor/qemu-version.js';
 import { apiVersion, novacronVersion } from './version.js';
 import type { Mesh } from '../mesh/mesh.js';
@@ -55,10 +57,22 @@ export class NovaNode {
         logger: logger.child({ component: 'mesh' }),
       });
       await mesh.start();
-      const api = await createApi({ logger, bodyLimitBytes: config.api.bodyLimitBytes });
+      const metrics = new NodeMetrics();
+      metrics.addMesh(mesh);
+      const api = await createApi({
+        logger,
+        bodyLimitBytes: config.api.bodyLimitBytes,
+        onRequestDone: (method, route, status, durationS) => metrics.observeRequest(method, route, status, durationS),
+      });
       const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
       registerMeshRoutes(api, { mesh });
+      const meshForView = mesh;
+      registerMetricsRoutes(api, {
+        local: () => metrics.render(),
+        cluster: () => renderClusterMetrics(meshForView.viewList()),
+        contentType: metrics.contentType,
+      });
       await api.listen({ host: config.api.host, port: config.api.port });
       logger.info(
         { api: node.apiUrl, dataDir: layout.root, version: novacronVersion, peerId: mesh.peerId, meshAddrs: mesh.addresses() },

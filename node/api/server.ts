@@ -24,6 +24,8 @@ const addFormats: FormatsPlugin = typeof formatsExport === 'function' ? formatsE
 export interface ApiOptions {
   logger: Logger;
   bodyLimitBytes: number;
+  /** Called once per answered request with the route template (not the raw URL) for metrics. */
+  onRequestDone?: (method: string, route: string, status: number, durationS: number) => void;
 }
 
 function makeAjv(options: AjvOptions): Ajv {
@@ -83,6 +85,7 @@ export async function createApi(options: ApiOptions): Promise<Api> {
   });
 
   app.addHook('onResponse', (request, reply, done) => {
+    options.onRequestDone?.(request.method, request.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
     const entry = { method: request.method, url: request.url, status: reply.statusCode, durationMs: Math.round(reply.elapsedTime * 10) / 10 };
     if (reply.statusCode >= 500) request.log.warn(entry, 'request');
     else request.log.debug(entry, 'request');

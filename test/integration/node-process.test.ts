@@ -37,6 +37,18 @@ describe('novacron node start', () => {
     const doc = (await (await fetch(`${url}/v1/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
     expect(doc.openapi).toMatch(/^3\./);
     expect(doc.paths).toHaveProperty('/v1/version');
+    expect(doc.paths).toHaveProperty('/metrics');
+
+    // Prometheus: API durations by route template, mesh gauges, and the cluster view with this node in it.
+    const metrics = await fetch(`${url}/metrics`);
+    expect(metrics.headers.get('content-type')).toMatch(/^text\/plain/);
+    const text = await metrics.text();
+    expect(text).toMatch(/novacron_api_request_duration_seconds_count\{method="GET",route="\/healthz",status="200"\} 1/);
+    expect(text).toMatch(/^novacron_mesh_connections \d+$/m);
+    expect(text).toMatch(/^process_cpu_seconds_total /m);
+    const badScope = await fetch(`${url}/metrics?scope=galaxy`);
+    expect(badScope.status).toBe(400);
+    expect(badScope.headers.get('content-type')).toMatch(/problem\+json/);
     expect(readFileSync(join(dataDir, 'run', 'node.pid'), 'utf8').trim()).toBe(String(child.pid));
 
     // The CLI talks to it.
