@@ -5,7 +5,7 @@ import { NotLeaderError, ProposalDroppedError } from './core/errors.js';
 import { decodeConfRecord } from './core/log.js';
 import type { ConfChange, Message, ReadState } from './core/messages.js';
 import type { RandomSource } from './core/random.js';
-import type { ConfState, Entry, NodeId, RaftStorage, Snapshot } from './types.js';
+import type { ConfState, Entry, HardState, NodeId, RaftStorage, Snapshot } from './types.js';
 
 export const tickIntervalMsDefault = 100;
 export const proposalTimeoutMsDefault = 5_000;
@@ -161,6 +161,10 @@ export class RaftNode {
     snapshotsInstalled: 0,
   };
   private leaderListeners: ((leader: NodeId | null, term: number) => void)[] = [];
+  /** Term and vote as last written to storage (null: unknown, so every hard state is written). */
+  private durableTermVote: { term: number; vote: NodeId | null } | null = null;
+  /** A commit-only hard state not yet written: it rides along with the next write (see handle). */
+  private deferredHardState: HardState | null = null;
 
   private constructor(options: RaftNodeOptions, core: Raft, applied: number, snapshotIndex: number) {
     this.id = options.id;
@@ -215,6 +219,7 @@ export class RaftNode {
       { hardState: state.hardState, snapshot, entries, conf: options.bootstrap, applied: snapshotIndex },
     );
     const node = new RaftNode(options, core, snapshotIndex, snapshotIndex);
+    node.durableTermVote = { term: state.hardState.term, vote: state.hardState.vote };
     options.logger.info(
       { term: state.hardState.term, commit: state.hardState.commit, snapshotIndex, lastIndex: state.lastIndex },
       'raft node opened',
@@ -386,8 +391,20 @@ export class RaftNode {
       this.counters.snapshotsInstalled++;
       this.log.info({ index: rd.snapshot.meta.index, bytes: rd.snapshot.data.byteLength }, 'raft snapshot installed');
     }
-    if (rd.hardState !== null || rd.entries.length > 0) {
-      await this.storage.save(rd.hardState, rd.entries);
+    let hardState = rd.hardState;
+    const tv = this.durableTermVote;
+    if (hardState !== null && rd.entries.length === 0 && tv !== null && hardState.term === tv.term && hardState.vote === tv.vote) {
+      // Only the commit index changed (etcd's mustSync is false): it need not be durable, since a restarted node
+      // relearns it from the leader, so skip the fsync and let it ride with the next write.
+      this.deferredHardState = hardState;
+      hardState = null;
+    } else if (hardState === null && rd.entries.length > 0) {
+      hardState = this.deferredHardState;
+    }
+    if (hardState !== null || rd.entries.length > 0) {
+      await this.storage.save(hardState, rd.entries);
+      this.deferredHardState = null;
+      if (hardState !== null) this.durableTermVote = { term: hardState.term, vote: hardState.vote };
       this.counters.entriesPersisted += rd.entries.length;
     }
     // Only now, with hard state and entries durable, may messages leave (Ready's contract).

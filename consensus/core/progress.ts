@@ -16,6 +16,8 @@ export class Progress {
   /** In snapshot state: the snapshot being streamed and the byte offset the follower acknowledged. */
   snapshot: Snapshot | null = null;
   snapOffset = 0;
+  /** Highest commit index sent to this follower in an append (lets the leader skip redundant commit-only appends). */
+  sentCommit = 0;
 
   constructor(
     next: number,

@@ -159,6 +159,12 @@ export class Raft {
   private readsAwaitingCommit: { ctx: string; from: NodeId }[] = [];
   private readStates: ReadState[] = [];
   private msgs: Message[] = [];
+  /**
+   * Leader only: new entries or a commit advance wait to be broadcast. Flushed once by ready() (etcd-style coalescing),
+   * so every proposal and append response handled before the driver collects a Ready shares one AppendEntries per
+   * follower instead of one each.
+   */
+  private pendingBcast = false;
 
   /** InstallSnapshot being reassembled from chunks. */
   private incoming: { from: NodeId; term: number; index: number; snapTerm: number; chunks: Uint8Array[]; received: number } | null = null;
@@ -343,6 +349,7 @@ export class Raft {
 
   hasReady(): boolean {
     return (
+      (this.pendingBcast && this.role === 'leader') ||
       this.msgs.length > 0 ||
       this.readStates.length > 0 ||
       this.readySnapshot !== null ||
@@ -356,6 +363,7 @@ export class Raft {
 
   /** Collects everything to persist, send and apply since the last Ready (see Ready for the required order). */
   ready(): Ready {
+    this.flushBcast();
     const hs = this.hardState();
     const hardState = sameHardState(hs, this.prevHardState) ? null : hs;
     this.prevHardState = hs;
@@ -675,7 +683,7 @@ export class Raft {
       this.syncProgress();
     }
     this.maybeCommit();
-    this.bcastAppend();
+    this.pendingBcast = true; // sent by ready(): proposals of one turn share one AppendEntries per follower
     return { index: entry.index, term: entry.term };
   }
 
@@ -708,9 +716,16 @@ export class Raft {
     }
   }
 
-  private bcastAppend(): void {
+  /**
+   * Sends the coalesced broadcast: to each follower its pending entries (bounded by maxSizePerMsgBytes and
+   * maxInflightMsgs as in sendAppend) and, when it has not yet been sent the current commit index in an append, an
+   * empty append carrying it so followers learn commits promptly (not only at the next heartbeat).
+   */
+  private flushBcast(): void {
+    if (!this.pendingBcast) return;
+    this.pendingBcast = false;
     if (this.role !== 'leader') return;
-    for (const id of this.prs.keys()) this.sendAppend(id, true);
+    for (const [id, pr] of this.prs) this.sendAppend(id, pr.sentCommit < this.log.committed);
   }
 
   private bcastHeartbeat(): void {
@@ -736,6 +751,7 @@ export class Raft {
     if (entries.length === 0 && !sendIfEmpty) return false;
     const msg: AppendMessage = { type: 'app', from: this.id, to, term: this.term, index: prevIndex, logTerm: prevTerm, entries, commit: this.log.committed };
     this.send(msg);
+    pr.sentCommit = Math.max(pr.sentCommit, msg.commit);
     const last = entries[entries.length - 1];
     if (pr.state === 'replicate' && last) {
       // Pipelining: assume success and move on; a rejection falls back to probe.
@@ -783,7 +799,9 @@ export class Raft {
 
     if (this.maybeCommit()) {
       if (this.role !== 'leader') return;
-      this.bcastAppend();
+      // The new commit index goes out when ready() flushes: once for all responses handled in this turn, and only to
+      // followers not already told it by an append sent meanwhile (see flushBcast).
+      this.pendingBcast = true;
     }
     while (this.sendAppend(m.from, false)) {
       // keep the pipeline full up to maxInflightMsgs

@@ -656,6 +656,43 @@ describe('flow control and errors', () => {
     for (const m of batches) expect(m.entries.reduce((s, e) => s + e.data.length, 0)).toBeLessThanOrEqual(35);
   });
 
+  test('coalescing: proposals before one ready() go out as one AppendEntries per follower; a commit advance as one more', () => {
+    const h = new Harness(ABC);
+    h.elect('a');
+    const a = h.raft('a');
+    const mark = h.sent.length;
+    const refs = Array.from({ length: 50 }, (_, i) => h.propose('a', `w${i}`));
+    expect(a.hasReady()).toBe(true); // the pending broadcast alone makes a Ready
+    h.processReady('a');
+    for (const id of ['b', 'c']) {
+      const apps = h.sent.slice(mark).filter((m): m is AppendMessage => m.to === id && m.type === 'app');
+      expect(apps.length).toBe(1);
+      expect(apps[0]?.entries.map((e) => e.index)).toEqual(refs.map((r) => r.index));
+    }
+    // Followers persist and acknowledge; both acknowledgements reach the leader in one turn.
+    h.deliverOnce();
+    h.processReady('b');
+    h.processReady('c');
+    h.deliverOnce();
+    const last = refs[refs.length - 1]?.index ?? 0;
+    expect(a.status.commit).toBe(last);
+    const mark2 = h.sent.length;
+    h.processReady('a');
+    for (const id of ['b', 'c']) {
+      const apps = h.sent.slice(mark2).filter((m): m is AppendMessage => m.to === id && m.type === 'app');
+      expect(apps.length).toBe(1); // one commit-carrying append, not one per acknowledgement
+      expect(apps[0]).toMatchObject({ commit: last, entries: [] });
+    }
+    // Followers learn the commit index in the same round trip, without waiting for a heartbeat tick.
+    h.deliverOnce();
+    expect(h.raft('b').status.commit).toBe(last);
+    expect(h.raft('c').status.commit).toBe(last);
+    h.stabilize();
+    for (const id of ABC) expect(texts(h, id)).toEqual(refs.map((_, i) => `w${i}`));
+    // Nothing is left to send once everyone is up to date.
+    expect(a.hasReady()).toBe(false);
+  });
+
   test('a follower refuses proposals with NotLeaderError naming the leader', () => {
     const h = new Harness(ABC);
     h.elect('a');
