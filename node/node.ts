@@ -1,5 +1,6 @@
 // The composition root: one NovaCron node in one process. It owns the data dir lock, the mesh and the
-// API server, and later issues add consensus, agent and migration here, started and stopped in order.
+// API server and the cluster service (Raft); later issues add the agent and migration here, started and
+// stopped in order.
 import type { AddressInfo } from 'node:net';
 import { accessSync, constants } from 'node:fs';
 import type { NodeConfig } from './config/schema.js';
@@ -12,6 +13,7 @@ import { NodeMetrics, renderClusterMetrics } from './metrics.js';
 import { probeQemu, qemuVersionMin, type QemuProbe } from './hypervisor/qemu-version.js';
 import { apiVersion, novacronVersion } from './version.js';
 import type { Mesh } from '../mesh/mesh.js';
+import type { ClusterService } from './cluster/service.js';
 
 export interface NodeStartOptions {
   config: NodeConfig;
@@ -30,6 +32,7 @@ export class NovaNode {
     private readonly qemu: QemuProbe,
     private readonly logger: Logger,
     readonly mesh: Mesh,
+    readonly cluster: ClusterService,
   ) {}
 
   static async start({ config, logger }: NodeStartOptions): Promise<NovaNode> {
@@ -37,6 +40,7 @@ export class NovaNode {
     for (const dir of tightened) logger.warn({ dir }, 'data dir folder was accessible to other users; permissions set to 0700');
     const lock = lockDataDir(layout);
     let mesh: Mesh | undefined;
+    let cluster: ClusterService | undefined;
     try {
       const qemu = await probeQemu(config.hypervisor.qemuBinary);
       if (!qemu.supported) {
@@ -48,6 +52,8 @@ export class NovaNode {
       // Loaded here rather than at the top: every CLI command imports this module, and libp2p is slow to load.
       const { Mesh } = await import('../mesh/mesh.js');
       const { registerMeshRoutes } = await import('./api/routes/mesh.js');
+      const { ClusterService } = await import('./cluster/service.js');
+      const { registerClusterRoutes } = await import('./api/routes/cluster.js');
       mesh = await Mesh.create({
         config: config.mesh,
         identityDir: layout.identity,
@@ -59,14 +65,24 @@ export class NovaNode {
       await mesh.start();
       const metrics = new NodeMetrics();
       metrics.addMesh(mesh);
+      // Raft runs if <dataDir>/raft was initialised; otherwise from `cluster init` on. Its metrics register then.
+      cluster = await ClusterService.start({
+        raftDir: layout.raft,
+        config: config.raft,
+        nodeName: config.node.name,
+        mesh,
+        logger,
+        onRaftStarted: (raft) => metrics.addRaft(raft),
+      });
       const api = await createApi({
         logger,
         bodyLimitBytes: config.api.bodyLimitBytes,
         onRequestDone: (method, route, status, durationS) => metrics.observeRequest(method, route, status, durationS),
       });
-      const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh);
+      const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh, cluster);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
       registerMeshRoutes(api, { mesh });
+      registerClusterRoutes(api, { cluster });
       const meshForView = mesh;
       registerMetricsRoutes(api, {
         local: () => metrics.render(),
@@ -80,6 +96,7 @@ export class NovaNode {
       );
       return node;
     } catch (err) {
+      await cluster?.stop().catch(() => undefined);
       await mesh?.stop().catch(() => undefined);
       lock.release();
       throw err;
@@ -132,6 +149,8 @@ export class NovaNode {
       this.logger.info({ reason }, 'node stopping');
       try {
         await this.api.close();
+        // Raft before the mesh: its transport streams ride on the mesh.
+        await this.cluster.stop().catch((err: unknown) => this.logger.error({ err }, 'raft did not close cleanly'));
         await this.mesh.stop();
       } finally {
         this.lock.release();

@@ -45,6 +45,31 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   mesh_not_member: { status: 403, title: 'Peer is not a member of this cluster' },
   mesh_not_running: { status: 503, title: 'The mesh is not running' },
   mesh_state_invalid: { status: 500, title: 'Mesh state in the data dir is unusable' },
+  // consensus/cluster (ClusterError) and node/cluster
+  command_invalid: { status: 400, title: 'Cluster command is invalid' },
+  cluster_not_initialized: { status: 409, title: 'The cluster is not initialised yet' },
+  cluster_already_initialized: { status: 409, title: 'This node already belongs to an initialised cluster' },
+  already_exists: { status: 409, title: 'Already exists' },
+  version_conflict: { status: 409, title: 'The record changed since it was read (version mismatch)' },
+  migration_transition_invalid: { status: 409, title: 'The migration cannot move to that phase' },
+  limit_exceeded: { status: 409, title: 'A cluster limit was reached' },
+  snapshot_invalid: { status: 500, title: 'Cluster snapshot cannot be restored' },
+  cluster_bootstrap_invalid: { status: 500, title: 'The Raft bootstrap configuration in the data dir is unusable' },
+  no_leader: { status: 503, title: 'No Raft leader' },
+  // consensus/ (Raft core and driver): a node without quorum refuses writes with 503 and says why.
+  not_leader: { status: 503, title: 'This node is not the Raft leader' },
+  proposal_timeout: { status: 503, title: 'No quorum: the write was not committed in time' },
+  proposal_dropped: { status: 503, title: 'The write was dropped by a leader change; retry' },
+  read_timeout: { status: 503, title: 'No quorum: no linearizable read point in time' },
+  raft_overloaded: { status: 503, title: 'Too many pending Raft requests; retry later' },
+  raft_stopped: { status: 503, title: 'Raft is stopped on this node' },
+  conf_change_pending: { status: 409, title: 'Another membership change is in progress' },
+  conf_change_invalid: { status: 409, title: 'Invalid membership change' },
+  transfer_invalid: { status: 409, title: 'Invalid leader transfer' },
+  storage_corrupt: { status: 500, title: 'The Raft store is corrupt; the node must be restarted' },
+  storage_io: { status: 500, title: 'The Raft store failed to write; the node must be restarted' },
+  storage_closed: { status: 503, title: 'The Raft store is closed' },
+  storage_locked: { status: 500, title: 'The Raft store is in use by another process' },
 };
 
 export interface ProblemFieldError {
@@ -117,6 +142,9 @@ export function toProblem(err: unknown, instance?: string): MappedProblem {
   }
   if (isCodedError(err) && problemKinds[err.code] !== undefined) {
     const extra = err.code === 'internal' ? {} : sanitizeDetails((err as { details?: Record<string, unknown> }).details);
+    // NotLeaderError (consensus/core) carries the leader it knows of: a client can retry there.
+    const leaderHint = (err as { leaderHint?: unknown }).leaderHint;
+    if (err.code === 'not_leader' && (typeof leaderHint === 'string' || leaderHint === null)) extra.leader = leaderHint;
     const unexpected = (problemKinds[err.code]?.status ?? 500) >= 500;
     return { problem: makeProblem(err.code, err.message, { ...extra, ...base }), unexpected };
   }

@@ -7,6 +7,7 @@ import { Output } from './output.js';
 import { registerNodeCommands } from './commands/node.js';
 import { registerVersionCommand } from './commands/version.js';
 import { registerClusterCommands, registerNodeListCommand } from './commands/mesh.js';
+import { registerClusterInitStatusCommands } from './commands/cluster.js';
 import { novacronVersion } from '../version.js';
 
 export interface GlobalOptions {
@@ -65,6 +66,7 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
   registerNodeCommands(program, context);
   registerNodeListCommand(program, context);
   registerClusterCommands(program, context);
+  registerClusterInitStatusCommands(program, context);
   // Later groups register here: vm, migration, image, token.
   program.commands.forEach(applyExitOverride);
   return { program, context };

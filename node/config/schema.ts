@@ -10,6 +10,14 @@ import {
   relayReservationTtlMsDefault,
   telemetryIntervalMsDefault,
 } from '../../mesh/defaults.js';
+import {
+  compactionKeepEntriesDefault,
+  proposalTimeoutMsDefault,
+  readTimeoutMsDefault,
+  snapshotEveryEntriesDefault,
+  tickIntervalMsDefault,
+} from '../../consensus/driver.js';
+import { DEFAULT_ELECTION_TIMEOUT_TICKS, DEFAULT_HEARTBEAT_INTERVAL_TICKS } from '../../consensus/core/raft.js';
 
 export const apiPortDefault = 8780;
 export const bodyLimitBytesDefault = 1024 * 1024;
@@ -90,6 +98,23 @@ export const NodeConfigSchema = Type.Object(
       },
       { additionalProperties: false },
     ),
+    raft: Type.Object(
+      {
+        tickIntervalMs: Type.Integer({ minimum: 5, maximum: 10_000, description: 'Length of one Raft tick (the unit of election and heartbeat timeouts).' }),
+        electionTimeoutTicks: Type.Integer({
+          minimum: 2,
+          maximum: 1_000,
+          description: 'Followers campaign after a random [1x, 2x) this many ticks without a leader; also the check-quorum period. Must exceed heartbeatIntervalTicks.',
+        }),
+        heartbeatIntervalTicks: Type.Integer({ minimum: 1, maximum: 500, description: 'Ticks between leader heartbeats.' }),
+        proposalTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, description: 'A write not applied within this is refused as having no quorum (503).' }),
+        readTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, description: 'A linearizable read without a read point within this is refused (503).' }),
+        snapshotEveryEntries: Type.Integer({ minimum: 1, description: 'Snapshot the cluster state and compact the log after this many applied entries.' }),
+        compactionKeepEntries: Type.Integer({ minimum: 0, description: 'Entries kept below a snapshot so lagging followers catch up from the log.' }),
+        initLeaderTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, description: '`cluster init` waits this long for this node to become the leader of its new one-voter cluster.' }),
+      },
+      { additionalProperties: false },
+    ),
   },
   { additionalProperties: false },
 );
@@ -122,6 +147,16 @@ export function configDefaults(): NodeConfig {
       telemetryIntervalMs: telemetryIntervalMsDefault,
       telemetryTtlMs: 0,
       maxConnections: maxConnectionsDefault,
+    },
+    raft: {
+      tickIntervalMs: tickIntervalMsDefault,
+      electionTimeoutTicks: DEFAULT_ELECTION_TIMEOUT_TICKS,
+      heartbeatIntervalTicks: DEFAULT_HEARTBEAT_INTERVAL_TICKS,
+      proposalTimeoutMs: proposalTimeoutMsDefault,
+      readTimeoutMs: readTimeoutMsDefault,
+      snapshotEveryEntries: snapshotEveryEntriesDefault,
+      compactionKeepEntries: compactionKeepEntriesDefault,
+      initLeaderTimeoutMs: 10_000,
     },
   };
 }
