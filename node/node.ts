@@ -74,15 +74,19 @@ export class NovaNode {
         logger,
         onRaftStarted: (raft) => metrics.addRaft(raft),
       });
+      const clusterForAuth = cluster;
+      const { registerTokenRoutes } = await import('./api/routes/tokens.js');
       const api = await createApi({
         logger,
         bodyLimitBytes: config.api.bodyLimitBytes,
         onRequestDone: (method, route, status, durationS) => metrics.observeRequest(method, route, status, durationS),
+        auth: { enforced: () => clusterForAuth.authEnforced, lookup: (secret) => clusterForAuth.verifyToken(secret), loading: () => clusterForAuth.loading },
       });
       const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh, cluster);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
       registerMeshRoutes(api, { mesh });
       registerClusterRoutes(api, { cluster });
+      registerTokenRoutes(api, { cluster });
       const meshForView = mesh;
       registerMetricsRoutes(api, {
         local: () => metrics.render(),

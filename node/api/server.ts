@@ -9,6 +9,7 @@ import type { Logger } from '../log.js';
 import { NotFoundError } from '../errors.js';
 import { apiVersion, novacronVersion } from '../version.js';
 import { ProblemSchema, problemContentType, toProblem } from './problem.js';
+import { bearerSchemeName, installAuth, type AuthDeps } from './auth.js';
 
 export type Api = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxTypeProvider>;
 
@@ -26,6 +27,8 @@ export interface ApiOptions {
   bodyLimitBytes: number;
   /** Called once per answered request with the route template (not the raw URL) for metrics. */
   onRequestDone?: (method: string, route: string, status: number, durationS: number) => void;
+  /** Bearer-token auth (node/api/auth.ts); without it every route is open (in-process tests of the shell). */
+  auth?: AuthDeps;
 }
 
 function makeAjv(options: AjvOptions): Ajv {
@@ -69,11 +72,19 @@ export async function createApi(options: ApiOptions): Promise<Api> {
         description: 'REST API served by every NovaCron node. Errors are application/problem+json (RFC 9457).',
       },
       components: {
-        securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'API token' } },
+        securitySchemes: {
+          [bearerSchemeName]: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'API token (`ncadm_…`/`ncapi_…`) with role viewer, operator or admin (admin ⊃ operator ⊃ viewer)',
+          },
+        },
       },
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
+
+  if (options.auth !== undefined) installAuth(app, options.auth);
 
   app.setErrorHandler((err, request, reply) => {
     const { problem, unexpected } = toProblem(err, request.url);
@@ -94,7 +105,7 @@ export async function createApi(options: ApiOptions): Promise<Api> {
 
   app.get(
     `/${apiVersion}/openapi.json`,
-    { schema: { tags: ['system'], summary: 'The OpenAPI 3 document of this API, generated from the route schemas', hide: true } },
+    { config: { auth: 'public' }, schema: { tags: ['system'], summary: 'The OpenAPI 3 document of this API, generated from the route schemas', hide: true } },
     async () => app.swagger(),
   );
   return app;

@@ -8,6 +8,7 @@ import { registerNodeCommands } from './commands/node.js';
 import { registerVersionCommand } from './commands/version.js';
 import { registerClusterCommands, registerNodeListCommand } from './commands/mesh.js';
 import { registerClusterInitStatusCommands } from './commands/cluster.js';
+import { registerTokenCommands } from './commands/token.js';
 import { novacronVersion } from '../version.js';
 
 export interface GlobalOptions {
@@ -67,7 +68,8 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
   registerNodeListCommand(program, context);
   registerClusterCommands(program, context);
   registerClusterInitStatusCommands(program, context);
-  // Later groups register here: vm, migration, image, token.
+  registerTokenCommands(program, context);
+  // Later groups register here: vm, migration, image.
   program.commands.forEach(applyExitOverride);
   return { program, context };
 }

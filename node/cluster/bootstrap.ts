@@ -9,6 +9,8 @@ import { NovaError } from '../errors.js';
 
 /** Prefix of API token secrets, so a leaked one is recognisable (secret scanners, logs). */
 export const apiTokenPrefix = 'ncadm_';
+/** Prefix of tokens created later with `token create` (any role). */
+export const createdTokenPrefix = 'ncapi_';
 /** Random bytes in an API token secret. */
 export const apiTokenSecretBytes = 32;
 /** Name of the first admin token in the cluster state. */
@@ -80,8 +82,8 @@ export interface ApiTokenSecret {
   secretHash: string;
 }
 
-export function generateApiTokenSecret(random: (n: number) => Uint8Array = randomBytes): ApiTokenSecret {
-  const secret = apiTokenPrefix + Buffer.from(random(apiTokenSecretBytes)).toString('base64url');
+export function generateApiTokenSecret(random: (n: number) => Uint8Array = randomBytes, prefix: string = apiTokenPrefix): ApiTokenSecret {
+  const secret = prefix + Buffer.from(random(apiTokenSecretBytes)).toString('base64url');
   return { secret, secretHash: hashSecret(secret) };
 }
 

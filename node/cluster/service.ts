@@ -3,7 +3,21 @@
 // without Raft until `cluster init` founds a one-voter cluster (joining is a later slice of [cluster]).
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ClusterStateMachine, encodeCommand, type ApiToken, type ApplyResult, type Member } from '../../consensus/cluster/index.js';
+import { randomUUID } from 'node:crypto';
+import {
+  ClusterError,
+  ClusterStateMachine,
+  auditPageMax,
+  encodeCommand,
+  hashSecret,
+  type Actor,
+  type ApiRole,
+  type ApiToken,
+  type ApplyResult,
+  type AuditRecord,
+  type ClusterCommand,
+  type Member,
+} from '../../consensus/cluster/index.js';
 import { RaftNode, type RaftStatus } from '../../consensus/driver.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { LevelRaftStorage } from '../../consensus/storage/index.js';
@@ -16,6 +30,7 @@ import type { RaftMetricsSource } from '../metrics.js';
 import { MeshRaftTransport } from '../raft-transport.js';
 import {
   buildInitCommand,
+  createdTokenPrefix,
   generateApiTokenSecret,
   isStoreInitialised,
   memberNameFrom,
@@ -74,6 +89,26 @@ export interface ClusterStatus {
   apiTokens: number;
 }
 
+/** Who asked for a change and from where: the `actor`/`from` of the command (set by the REST layer after auth). */
+export interface Origin {
+  actor: Actor;
+  from: string | null;
+}
+
+export interface CreatedToken {
+  token: ApiToken;
+  /** Shown once to the caller; only its hash enters the log. */
+  secret: string;
+}
+
+export interface AuditPage {
+  records: readonly AuditRecord[];
+  /** Oldest seq still held (older ones were dropped by the ring). */
+  firstSeq: number;
+  /** Seq the next record will get: pass the last record's seq as `after` to continue. */
+  nextSeq: number;
+}
+
 export class ClusterService {
   readonly state = new ClusterStateMachine();
   private raftNode: RaftNode | null = null;
@@ -122,6 +157,61 @@ export class ClusterService {
 
   get raft(): RaftNode | null {
     return this.raftNode;
+  }
+
+  /**
+   * True once API tokens must be checked: the cluster exists, or Raft was reopened from an initialised store
+   * (its log may still be replaying). False on a fresh node and during a founding init.
+   */
+  get authEnforced(): boolean {
+    return this.state.getClusterId() !== null || (this.raftNode !== null && !this.founding);
+  }
+
+  /** Raft was reopened from an initialised store but cluster.init is not replayed yet. */
+  get loading(): boolean {
+    return this.state.getClusterId() === null && this.raftNode !== null && !this.founding;
+  }
+
+  /** The live token whose secret this is (hashed with the cluster's hashSecret), or null. */
+  verifyToken(secret: string): ApiToken | null {
+    return this.state.verifyApiToken(hashSecret(secret));
+  }
+
+  /** Proposes a command through Raft and resolves once it is applied here. Refusals reject (ClusterError, not_leader…). */
+  async propose(cmd: ClusterCommand): Promise<ApplyResult> {
+    const raft = this.raftNode;
+    if (raft === null || this.state.getClusterId() === null) {
+      throw new ClusterError('cluster_not_initialized', 'this node does not belong to a cluster yet: run `novacron cluster init` or join one');
+    }
+    return (await raft.propose(encodeCommand(cmd))) as ApplyResult;
+  }
+
+  /** Creates an API token; the secret (`ncapi_…`) is returned once. */
+  async createToken(input: { name: string; role: ApiRole }, origin: Origin): Promise<CreatedToken> {
+    const { secret, secretHash } = generateApiTokenSecret(undefined, createdTokenPrefix);
+    const id = randomUUID();
+    await this.propose({ type: 'token.create', at: Date.now(), actor: origin.actor, from: origin.from, id, name: input.name, role: input.role, secretHash });
+    const token = this.state.getApiToken(id);
+    if (token === null) throw new NovaError('internal', `token ${id} was applied but is not in the state`);
+    return { token, secret };
+  }
+
+  /** Revokes an API token (idempotent); the state machine refuses to revoke the last live admin token. */
+  async revokeToken(id: string, origin: Origin): Promise<ApiToken> {
+    if (this.state.getApiToken(id) === null) throw new ClusterError('not_found', `no API token ${id}`);
+    await this.propose({ type: 'token.revoke', at: Date.now(), actor: origin.actor, from: origin.from, id });
+    const token = this.state.getApiToken(id);
+    if (token === null) throw new ClusterError('not_found', `no API token ${id}`);
+    return token;
+  }
+
+  listTokens(): readonly ApiToken[] {
+    return this.state.listApiTokens();
+  }
+
+  /** Audit records with seq > after, oldest first, at most `limit` (≤ auditPageMax). Served from this node's state. */
+  auditPage(after: number, limit: number): AuditPage {
+    return this.state.auditPage(after, Math.min(limit, auditPageMax));
   }
 
   status(): ClusterStatus {

@@ -32,8 +32,9 @@ async function startNode(dataDir: string): Promise<{ child: ChildProcess; url: s
   return { child, url: started.api as string };
 }
 
-async function status(url: string): Promise<Status> {
-  const r = await runCli(['cluster', 'status', '--api', url, '--json']);
+async function status(url: string, token?: string): Promise<Status> {
+  // Once the cluster exists, reads need a bearer token (the admin token from init); before, loopback is enough.
+  const r = await runCli(['cluster', 'status', '--api', url, '--json', ...(token === undefined ? [] : ['--token', token])]);
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout) as Status;
 }
@@ -62,7 +63,7 @@ describe('novacron cluster init / status', () => {
     expect(created.adminToken).toMatch(/^ncadm_[A-Za-z0-9_-]{43}$/);
     expect(created.node).toMatchObject({ id: before.nodeId, role: 'voter', name: 'edge-one' });
 
-    const after = await status(url);
+    const after = await status(url, created.adminToken);
     expect(after).toMatchObject({ initialised: true, clusterId: created.clusterId, nodeId: before.nodeId, apiTokens: 1 });
     expect(after.raft).toMatchObject({ role: 'leader', leader: before.nodeId });
     // Index 1: the new leader's empty entry; index 2: cluster.init (member + admin token in one command).
@@ -73,7 +74,7 @@ describe('novacron cluster init / status', () => {
     expect(JSON.stringify(after)).not.toContain(created.adminToken);
 
     // The mesh agrees on the cluster id.
-    const mesh = (await (await fetch(`${url}/v1/mesh/status`)).json()) as { clusterId: string | null };
+    const mesh = (await (await fetch(`${url}/v1/mesh/status`, { headers: { authorization: `Bearer ${created.adminToken}` } })).json()) as { clusterId: string | null };
     expect(mesh.clusterId).toBe(created.clusterId);
 
     const again = await runCli(['cluster', 'init', '--api', url, '--json']);
@@ -89,14 +90,20 @@ describe('novacron cluster init / status', () => {
     child.kill('SIGTERM');
     expect((await done).code).toBe(0);
     ({ child, url } = await startNode(dataDir));
-    const restarted = await until(() => status(url), (s) => s.raft?.role === 'leader' && s.initialised);
+    // Until the reopened log is replayed the token is not known yet (503 not_ready): poll without asserting.
+    const tryStatus = async (): Promise<Status | null> => {
+      const r = await runCli(['cluster', 'status', '--api', url, '--json', '--token', created.adminToken]);
+      return r.code === 0 ? (JSON.parse(r.stdout) as Status) : null;
+    };
+    const restarted = await until(tryStatus, (s) => s?.raft?.role === 'leader' && s.initialised);
+    if (restarted === null) throw new Error('the restarted node never answered cluster status with the admin token');
     expect(restarted).toMatchObject({ initialised: true, clusterId: created.clusterId, nodeId: before.nodeId, apiTokens: 1 });
     expect(restarted.raft).toMatchObject({ role: 'leader', leader: before.nodeId });
     expect(restarted.raft?.term).toBeGreaterThan(after.raft?.term ?? 0);
     expect(restarted.raft?.commit).toBeGreaterThanOrEqual(3);
     expect(restarted.members.map((m) => [m.id, m.role, m.name])).toEqual([[before.nodeId, 'voter', 'edge-one']]);
 
-    const human = await runCli(['cluster', 'status', '--api', url]);
+    const human = await runCli(['cluster', 'status', '--api', url, '--token', created.adminToken]);
     expect(human.code).toBe(0);
     expect(human.stdout).toMatch(/voter \(leader\)/);
 
@@ -124,6 +131,7 @@ describe('novacron cluster init / status', () => {
     expect(human.code).toBe(0);
     expect(human.stdout).toMatch(/admin token: ncadm_/);
     expect(human.stdout).toMatch(/WARNING: Store this admin token/);
-    expect((await status(url)).members[0]?.name).toBe('core-1');
+    const adminToken = /admin token: (ncadm_\S+)/.exec(human.stdout)?.[1];
+    expect((await status(url, adminToken)).members[0]?.name).toBe('core-1');
   }, 60_000);
 });

@@ -64,11 +64,13 @@ export function registerClusterRoutes(app: Api, { cluster }: ClusterRouteDeps): 
   app.post(
     '/v1/cluster/init',
     {
+      // Unauthenticated from loopback (the local CLI founds the cluster; a second init is refused with 409).
+      config: { auth: 'bootstrap' },
       schema: {
         tags: ['cluster'],
         summary: 'Found a cluster with this node as its one voter; returns the first admin token once',
         body: ClusterInitBodySchema,
-        response: { 201: ClusterInitResultSchema, 400: problemRef, 409: problemRef, 503: problemRef },
+        response: { 201: ClusterInitResultSchema, 400: problemRef, 401: problemRef, 403: problemRef, 409: problemRef, 503: problemRef },
       },
     },
     async (request, reply) => {
@@ -86,10 +88,11 @@ export function registerClusterRoutes(app: Api, { cluster }: ClusterRouteDeps): 
   app.get(
     '/v1/cluster/status',
     {
+      config: { auth: 'viewer' },
       schema: {
         tags: ['cluster'],
         summary: 'Cluster ID, this node\'s Raft role, term, leader, commit and apply index, and the members',
-        response: { 200: ClusterStatusSchema },
+        response: { 200: ClusterStatusSchema, 401: problemRef, 403: problemRef },
       },
     },
     async () => {

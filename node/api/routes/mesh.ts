@@ -80,19 +80,20 @@ export interface MeshRouteDeps {
 export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
   app.get(
     '/v1/mesh/status',
-    { schema: { tags: ['mesh'], summary: 'This node\'s mesh identity, addresses, members and telemetry counters', response: { 200: MeshStatusSchema } } },
+    { config: { auth: 'viewer' }, schema: { tags: ['mesh'], summary: 'This node\'s mesh identity, addresses, members and telemetry counters', response: { 200: MeshStatusSchema } } },
     async () => mesh.status(),
   );
 
   app.get(
     '/v1/mesh/peers',
-    { schema: { tags: ['mesh'], summary: 'Peers connected to this node, with link RTT and throughput', response: { 200: Type.Object({ peers: Type.Array(PeerSchema) }) } } },
+    { config: { auth: 'viewer' }, schema: { tags: ['mesh'], summary: 'Peers connected to this node, with link RTT and throughput', response: { 200: Type.Object({ peers: Type.Array(PeerSchema) }) } } },
     async () => ({ peers: mesh.peers() }),
   );
 
   app.get(
     '/v1/mesh/view',
     {
+      config: { auth: 'viewer' },
       schema: {
         tags: ['mesh'],
         summary: 'The cluster view: latest telemetry sample of every node, with age and reachability',
@@ -105,6 +106,7 @@ export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
   app.post(
     '/v1/mesh/join-tokens',
     {
+      config: { auth: 'admin' },
       schema: {
         tags: ['mesh'],
         summary: 'Create a one-time join token (creates the cluster ID on the first call)',
@@ -131,13 +133,14 @@ export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
 
   app.get(
     '/v1/mesh/join-tokens',
-    { schema: { tags: ['mesh'], summary: 'Join tokens issued by this node (never their secrets)', response: { 200: Type.Object({ tokens: Type.Array(JoinTokenInfoSchema) }) } } },
+    { config: { auth: 'admin' }, schema: { tags: ['mesh'], summary: 'Join tokens issued by this node (never their secrets)', response: { 200: Type.Object({ tokens: Type.Array(JoinTokenInfoSchema) }) } } },
     async () => ({ tokens: mesh.listJoinTokens() }),
   );
 
   app.delete(
     '/v1/mesh/join-tokens/:id',
     {
+      config: { auth: 'admin' },
       schema: {
         tags: ['mesh'],
         summary: 'Revoke a join token',
@@ -151,6 +154,7 @@ export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
   app.post(
     '/v1/mesh/join',
     {
+      config: { auth: 'admin' },
       schema: {
         tags: ['mesh'],
         summary: 'Make this node join the cluster of a join token (dials its bootstrap addresses)',

@@ -12,6 +12,8 @@ export function registerMetricsRoutes(app: Api, deps: MetricsRouteDeps): void {
   app.get(
     '/metrics',
     {
+      // Public like most exporters (Prometheus scrapes without credentials); it carries no secrets or VM specs.
+      config: { auth: 'public' },
       schema: {
         summary: 'Prometheus metrics',
         description:

@@ -1,4 +1,4 @@
-// Liveness, readiness and version: unauthenticated, so that supervisors and load balancers can probe.
+// Liveness, readiness and version: public (config.auth, see node/api/auth.ts), so that supervisors and load balancers can probe.
 import Type, { type Static } from 'typebox';
 import type { Api } from '../server.js';
 import { NotReadyError } from '../../errors.js';
@@ -37,6 +37,7 @@ export function registerSystemRoutes(app: Api, deps: SystemRouteDeps): void {
   app.get(
     '/healthz',
     {
+      config: { auth: 'public' },
       schema: {
         tags: ['system'],
         summary: 'Liveness: the process is up and its event loop answers',
@@ -49,6 +50,7 @@ export function registerSystemRoutes(app: Api, deps: SystemRouteDeps): void {
   app.get(
     '/readyz',
     {
+      config: { auth: 'public' },
       schema: {
         tags: ['system'],
         summary: 'Readiness: every required component of this node is working',
@@ -68,6 +70,7 @@ export function registerSystemRoutes(app: Api, deps: SystemRouteDeps): void {
   app.get(
     '/v1/version',
     {
+      config: { auth: 'public' },
       schema: {
         tags: ['system'],
         summary: 'Version of this node, its runtime and its QEMU',
