@@ -202,6 +202,11 @@ function buildServices(config: MeshConfig, intervalMs: number) {
       allowPublishToZeroTopicPeers: true,
       emitSelf: false,
       scoreParams: createPeerScoreParams({
+        // No IP colocation penalty (P6). Its default (-5 × (peers on one IP − 10)²) graylists every peer once more
+        // than ~14 members reach us from one address: nodes behind one NAT, peers reached through one circuit
+        // relay (whose connections carry the relay's IP), or a test host on loopback. A 20-node cluster then
+        // ignored every RPC from every peer and no telemetry flowed. Sybils are kept out by the membership gate
+        // (non-members' samples are ignored), not by counting IPs.
         IPColocationFactorWeight: 0,
         topics: {
           // A rejected (malformed, oversized, forged) sample costs the sender score.
