@@ -1,8 +1,9 @@
 // `make demo`: starts a local NovaCron node (later: a 3-node cluster with the UI and a demo VM) in the
-// foreground, prints where to reach it, and stops everything on Ctrl-C.
+// foreground, forms a one-node cluster on first run, prints where to reach it and an admin token, and
+// stops everything on Ctrl-C.
 import '../polyfill.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -28,6 +29,26 @@ async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number):
   throw new Error(`node at ${url} did not become healthy within ${timeoutMs} ms`);
 }
 
+/**
+ * Forms the cluster on first run and keeps its admin token in <demo dir>/admin-token (0600): the API shows
+ * a token once, and a demo that is restarted should still print a working one.
+ */
+async function ensureCluster(url: string, tokenFile: string): Promise<string> {
+  if (existsSync(tokenFile)) return readFileSync(tokenFile, 'utf8').trim();
+  const res = await fetch(`${url}/v1/cluster/init`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{}',
+    signal: AbortSignal.timeout(demoReadyTimeoutMs),
+  });
+  const body = (await res.json()) as { adminToken?: string; detail?: string };
+  if (res.status !== 201 || typeof body.adminToken !== 'string') {
+    throw new Error(`cluster init answered ${res.status}: ${body.detail ?? JSON.stringify(body)}`);
+  }
+  writeFileSync(tokenFile, `${body.adminToken}\n`, { mode: 0o600 });
+  return body.adminToken;
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -51,8 +72,11 @@ async function main(): Promise<number> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  const tokenFile = join(root, 'admin-token');
+  let token: string;
   try {
     await waitHealthy(url, child, demoReadyTimeoutMs);
+    token = await ensureCluster(url, tokenFile);
   } catch (err) {
     process.stderr.write(`demo: ${(err as Error).message}; see ${join(dataDir, 'logs', 'stdout.log')}\n`);
     stop();
@@ -65,7 +89,10 @@ async function main(): Promise<number> {
       `  API:      ${url}/v1/version`,
       `  OpenAPI:  ${url}/v1/openapi.json`,
       `  Health:   ${url}/healthz  ${url}/readyz`,
-      `  CLI:      node ${cliPath} --api ${url} version`,
+      `  Admin token (also in ${tokenFile}):`,
+      `            ${token}`,
+      `  CLI:      export NOVACRON_API=${url} NOVACRON_TOKEN=$(cat ${tokenFile})`,
+      `            node ${cliPath} cluster status`,
       `  Logs:     ${join(dataDir, 'logs', 'stdout.log')}`,
       '',
       'Press Ctrl-C to stop.',
