@@ -76,6 +76,11 @@ export class NovaNode {
       });
       const clusterForAuth = cluster;
       const { registerTokenRoutes } = await import('./api/routes/tokens.js');
+      const { EventHub, appliedAt, registerEventRoutes, toClusterEvent } = await import('./api/routes/events.js');
+      // State changes from here on feed the event stream; earlier ones (a replayed log) are behind its floor.
+      const events = new EventHub({ startIndex: cluster.raft?.status().applied ?? 0 });
+      const state = cluster.state;
+      state.onChange((change) => events.publish(toClusterEvent(change, appliedAt(state, change))));
       const api = await createApi({
         logger,
         bodyLimitBytes: config.api.bodyLimitBytes,
@@ -87,6 +92,7 @@ export class NovaNode {
       registerMeshRoutes(api, { mesh });
       registerClusterRoutes(api, { cluster });
       registerTokenRoutes(api, { cluster });
+      registerEventRoutes(api, { hub: events, authEnforced: () => clusterForAuth.authEnforced });
       const meshForView = mesh;
       registerMetricsRoutes(api, {
         local: () => metrics.render(),

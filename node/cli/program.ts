@@ -9,6 +9,7 @@ import { registerVersionCommand } from './commands/version.js';
 import { registerClusterCommands, registerNodeListCommand } from './commands/mesh.js';
 import { registerClusterInitStatusCommands } from './commands/cluster.js';
 import { registerTokenCommands } from './commands/token.js';
+import { registerEventsCommand } from './commands/events.js';
 import { novacronVersion } from '../version.js';
 
 export interface GlobalOptions {
@@ -69,6 +70,7 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
   registerClusterCommands(program, context);
   registerClusterInitStatusCommands(program, context);
   registerTokenCommands(program, context);
+  registerEventsCommand(program, context, io.out);
   // Later groups register here: vm, migration, image.
   program.commands.forEach(applyExitOverride);
   return { program, context };
