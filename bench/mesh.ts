@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Mesh, silentLogger, telemetryIntervalMsDefault, telemetryTopic, type MeshConfig } from '../mesh/index.js';
+import { Mesh, silentLogger, singleHostMeshConfig, telemetryIntervalMsDefault, telemetryTopic, type MeshConfig } from '../mesh/index.js';
 
 // The node's default interval.
 const telemetryIntervalMs = telemetryIntervalMsDefault;
@@ -28,10 +28,7 @@ const processesDefault = 4;
 const dirs: string[] = [];
 
 function config(members: string[] = []): MeshConfig {
-  return {
-    listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, members, telemetryIntervalMs, telemetryTtlMs: 0, maxConnections: 256,
-    relay: { enabled: false, reserve: false, maxReservations: 1, reservationTtlMs: 60_000, dataLimitBytes: 1 << 20, durationLimitMs: 60_000 },
-  };
+  return singleHostMeshConfig({ members, telemetryIntervalMs });
 }
 
 async function makeMesh(name: string, members: string[] = []): Promise<Mesh> {

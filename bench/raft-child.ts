@@ -6,7 +6,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { NotLeaderError, RaftNode, type RaftLogger } from '../consensus/driver.js';
 import { Xoshiro128 } from '../consensus/core/random.js';
 import { LevelRaftStorage } from '../consensus/storage/leveldb.js';
-import { Mesh, type MeshConfig, type MeshLogger } from '../mesh/index.js';
+import { Mesh, singleHostMeshConfig, type MeshConfig, type MeshLogger } from '../mesh/index.js';
 import { MeshRaftTransport } from '../node/raft-transport.js';
 import { BenchMachine, CountingStorage, addFailure, round, type ChildReply, type ChildRequest, type LatencyResult, type PeerInfo, type SampleResult, type StatusResult } from './raft-ipc.js';
 
@@ -36,17 +36,7 @@ function stderrLogger(prefix: string): RaftLogger & MeshLogger {
 }
 
 function meshConfig(): MeshConfig {
-  return {
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    announce: [],
-    bootstrap: [],
-    mdns: false,
-    members: [],
-    telemetryIntervalMs,
-    telemetryTtlMs: 0,
-    maxConnections: 256,
-    relay: { enabled: false, reserve: false, maxReservations: 1, reservationTtlMs: 60_000, dataLimitBytes: 1 << 20, durationLimitMs: 60_000 },
-  };
+  return singleHostMeshConfig({ telemetryIntervalMs });
 }
 
 /** A fresh 256-byte (or N-byte) command: proposer and sequence up front so every command is distinct. */

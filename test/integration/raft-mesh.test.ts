@@ -8,7 +8,7 @@ import { encodeMessage } from '../../consensus/core/codec.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { RaftNode, type RaftLogger } from '../../consensus/driver.js';
 import { MemoryRaftStorage } from '../../consensus/storage/memory.js';
-import { Mesh, silentLogger, type MeshConfig } from '../../mesh/index.js';
+import { Mesh, silentLogger, singleHostMeshConfig, type MeshConfig } from '../../mesh/index.js';
 import { MessageChannel } from '../../mesh/protocol.js';
 import { MeshRaftTransport, raftProtocol } from '../../node/raft-transport.js';
 import { KvMachine, encodeKv } from '../support/kv-machine.js';
@@ -16,17 +16,7 @@ import { KvMachine, encodeKv } from '../support/kv-machine.js';
 const quiet: RaftLogger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 
 function meshConfig(): MeshConfig {
-  return {
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    announce: [],
-    bootstrap: [],
-    mdns: false,
-    members: [],
-    telemetryIntervalMs: 60_000,
-    telemetryTtlMs: 0,
-    maxConnections: 64,
-    relay: { enabled: false, reserve: false, maxReservations: 1, reservationTtlMs: 60_000, dataLimitBytes: 1 << 20, durationLimitMs: 60_000 },
-  };
+  return singleHostMeshConfig({ telemetryIntervalMs: 60_000, maxConnections: 64 });
 }
 
 interface Site {
