@@ -242,6 +242,16 @@ export class RaftNode {
     };
   }
 
+  /** Index of the last entry in this node's log (persisted or not). */
+  lastIndex(): number {
+    return this.core.status.lastIndex;
+  }
+
+  /** The leader's view of each peer's replication (match index); empty on followers. */
+  progress(): Map<NodeId, { match: number; next: number; state: string; inflight: number }> {
+    return this.core.progress();
+  }
+
   /** Calls `listener` whenever the known leader or term changes. */
   onLeaderChange(listener: (leader: NodeId | null, term: number) => void): void {
     this.leaderListeners.push(listener);

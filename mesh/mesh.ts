@@ -19,7 +19,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2pOptions } from 'libp2p';
 import type { Identify } from '@libp2p/identify';
 import type { CircuitRelayService } from '@libp2p/circuit-relay-v2';
-import { JoinTokenCode, JoinTokenError, MeshError, MeshJoinError, MeshNotRunningError, MeshRemoteError, MeshStreamRefusedError, meshErrorMessage, type JoinTokenCodeValue } from './errors.js';
+import { JoinTokenCode, JoinTokenError, MeshError, MeshJoinError, MeshNotRunningError, MeshRemoteError, MeshStreamRefusedError, meshErrorMessage, type JoinTokenCodeValue, type MeshErrorOptions } from './errors.js';
 import { loadOrCreateIdentity, type MeshIdentity } from './identity.js';
 import { JoinTokenStore, checkTokenForJoiner, decodeJoinToken, joinTokenTtlMsDefault, type JoinTokenInfo } from './join-token.js';
 import { LinkModel, type LinkEstimate } from './link-model.js';
@@ -156,6 +156,28 @@ export interface JoinResult {
   clusterId: string;
   issuer: string;
   members: string[];
+  /** What the issuer's join hook answered (the Raft view of an initialised cluster), if it has one. */
+  extra?: Record<string, unknown>;
+}
+
+/**
+ * Lets the owner of the mesh (the cluster service) take part in a join on the issuer: `check` runs before the
+ * token is redeemed and may refuse (e.g. not the Raft leader: its error code travels to the joiner); `admitted`
+ * runs after the peer is admitted and its answer travels to the joiner as `JoinResult.extra`.
+ */
+export interface JoinHook {
+  check(peer: string): void;
+  admitted(peer: string, addrs: string[]): Promise<Record<string, unknown> | undefined>;
+}
+
+/** Remote error codes a join hook may raise that the joiner reports as they are (not as unreachable). */
+export const joinHookErrorCodes: ReadonlySet<string> = new Set(['not_leader', 'no_leader', 'cluster_not_initialized', 'proposal_timeout', 'proposal_dropped', 'conf_change_pending']);
+
+/** A join refused by the issuer's join hook (e.g. not_leader), with the issuer's code and message. */
+export class JoinRefusedError extends MeshError {
+  constructor(code: string, message: string, options: MeshErrorOptions = {}) {
+    super(code, message, options);
+  }
 }
 
 interface JoinRequest {
@@ -165,6 +187,7 @@ interface JoinRequest {
 interface MemberList {
   clusterId: string;
   members: MemberAddrs[];
+  extra?: Record<string, unknown>;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -179,7 +202,7 @@ function validateMemberList(v: unknown): MemberList {
     peerIdFromString(m.peer); // throws on a malformed peer ID
     members.push({ peer: m.peer, addrs: m.addrs.filter((a): a is string => typeof a === 'string').slice(0, addrsPerPeerMax) });
   }
-  return { clusterId: v.clusterId, members };
+  return isRecord(v.extra) ? { clusterId: v.clusterId, members, extra: v.extra } : { clusterId: v.clusterId, members };
 }
 
 function validateJoinRequest(v: unknown): JoinRequest {
@@ -274,6 +297,7 @@ export class Mesh {
   private pinging = false;
   private running = false;
   private unsubscribeAdmitted: (() => void) | undefined;
+  private joinHook: JoinHook | null = null;
 
   private constructor(
     private readonly options: MeshOptions,
@@ -485,6 +509,7 @@ export class Mesh {
           if (err instanceof MeshRemoteError) {
             const remoteCode = err.details?.remoteCode;
             if (typeof remoteCode === 'string' && joinTokenCodes.has(remoteCode)) throw new JoinTokenError(remoteCode as JoinTokenCodeValue, err.message);
+            if (typeof remoteCode === 'string' && joinHookErrorCodes.has(remoteCode)) throw new JoinRefusedError(remoteCode, `the issuer refused the join: ${err.message}`, { details: { issuer } });
           }
           // A stream reset right after connecting (the connection was being replaced) is worth one more try.
           if (err instanceof MeshStreamRefusedError && attempt < joinAttemptsPerAddrMax) continue;
@@ -495,7 +520,7 @@ export class Mesh {
       this.membership.joinCluster(list.clusterId, payload.b);
       this.learnMembers(list, 'token');
       this.log.info({ clusterId: list.clusterId, issuer, members: list.members.length }, 'joined the cluster');
-      return { clusterId: list.clusterId, issuer, members: this.membership.peers() };
+      return { clusterId: list.clusterId, issuer, members: this.membership.peers(), ...(list.extra === undefined ? {} : { extra: list.extra }) };
     }
     throw new MeshJoinError('mesh_join_unreachable', `no bootstrap address of the join token answered: ${failures.join('; ')}`, { details: { failures } });
   }
@@ -503,6 +528,7 @@ export class Mesh {
   private async onJoin(req: JoinRequest, peer: string): Promise<MemberList> {
     const payload = decodeJoinToken(req.token);
     try {
+      this.joinHook?.check(peer);
       this.tokens.redeem(payload, this.membership.clusterId, peer, this.clock.nowMs());
     } catch (err) {
       this.log.warn({ peer, tokenId: payload.i, code: err instanceof MeshError ? err.code : undefined, reason: meshErrorMessage(err) }, 'refused a join');
@@ -512,7 +538,14 @@ export class Mesh {
     this.log.info({ peer, tokenId: payload.i }, 'admitted a peer through a join token');
     // Tell the other members now rather than at the next sync round.
     for (const p of this.connectedMembers()) if (p !== peer) void this.syncWith(p);
-    return await this.memberList();
+    const list = await this.memberList();
+    const extra = await this.joinHook?.admitted(peer, await this.addrsOf(peer));
+    return extra === undefined ? list : { ...list, extra };
+  }
+
+  /** Installs the issuer-side join hook (the cluster service's Raft admission). */
+  setJoinHook(hook: JoinHook | null): void {
+    this.joinHook = hook;
   }
 
   // ---- member sync ----

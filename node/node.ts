@@ -89,7 +89,8 @@ export class NovaNode {
       });
       const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh, cluster);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
-      registerMeshRoutes(api, { mesh });
+      const clusterForJoin = cluster;
+      registerMeshRoutes(api, { mesh, join: (token) => clusterForJoin.join(token) });
       registerClusterRoutes(api, { cluster });
       registerTokenRoutes(api, { cluster });
       registerEventRoutes(api, { hub: events, authEnforced: () => clusterForAuth.authEnforced });

@@ -21,6 +21,8 @@ export const memberAddressesMax = addressesPerMemberMax;
 const memberAddressCharsMax = 512;
 export const bootstrapFileName = 'bootstrap.json';
 export const raftDbDirName = 'db';
+/** Marker of a node that joined a cluster through a join token: Raft opens without bootstrap voters at start. */
+export const joinedFileName = 'joined.json';
 const bootstrapFormatVersion = 1;
 
 /** A store was initialised once it holds a term (this node bootstrapped or heard a leader) or a snapshot. */
@@ -37,7 +39,7 @@ export class ClusterBootstrapError extends NovaError {
 /**
  * The one-voter configuration this node founded the cluster with. Raft's core does not persist the bootstrap
  * configuration (only later conf entries and snapshots carry one), so the node keeps it next to the store and
- * passes it again on every open. A node that joined (a later slice) has no such file.
+ * passes it again on every open. A node that joined has no such file (see writeJoinedMarker).
  */
 export function readBootstrapConf(raftDir: string): ConfState | null {
   const file = join(raftDir, bootstrapFileName);
@@ -57,17 +59,35 @@ export function readBootstrapConf(raftDir: string): ConfState | null {
 
 /** Writes the bootstrap configuration durably (temp file, fsync, rename) before Raft first persists anything. */
 export function writeBootstrapConf(raftDir: string, voters: readonly string[]): void {
-  const file = join(raftDir, bootstrapFileName);
+  writeDurable(raftDir, bootstrapFileName, `${JSON.stringify({ version: bootstrapFormatVersion, voters })}\n`);
+}
+
+/**
+ * Records that this node joined cluster `clusterId` (before Raft first opens), so that a restart reopens Raft as a
+ * joiner even if nothing reached its store yet. A joiner has no bootstrap.json: its configuration comes from the
+ * leader (conf entries and snapshots carry the full configuration).
+ */
+export function writeJoinedMarker(raftDir: string, clusterId: string): void {
+  writeDurable(raftDir, joinedFileName, `${JSON.stringify({ version: bootstrapFormatVersion, clusterId })}\n`);
+}
+
+export function hasJoinedMarker(raftDir: string): boolean {
+  return existsSync(join(raftDir, joinedFileName));
+}
+
+/** Writes `name` in `dir` durably: temp file, fsync, rename, fsync of the folder. */
+function writeDurable(dir: string, name: string, content: string): void {
+  const file = join(dir, name);
   const tmp = `${file}.tmp`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
-    writeSync(fd, `${JSON.stringify({ version: bootstrapFormatVersion, voters })}\n`);
+    writeSync(fd, content);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   renameSync(tmp, file);
-  const dirFd = openSync(raftDir, 'r');
+  const dirFd = openSync(dir, 'r');
   try {
     fsyncSync(dirFd);
   } finally {

@@ -1,6 +1,8 @@
 // The cluster service: Raft over the mesh with the cluster state machine, owned by NovaNode. A node whose
-// <dataDir>/raft store was initialised reopens it at start (snapshot restored, log replayed); a fresh node runs
-// without Raft until `cluster init` founds a one-voter cluster (joining is a later slice of [cluster]).
+// <dataDir>/raft store was initialised (or holds the joined marker) reopens it at start (snapshot restored, log
+// replayed); a fresh node runs without Raft until `cluster init` founds a one-voter cluster or `cluster join`
+// joins one. On the leader it admits joiners as Raft learners (the mesh's join hook) and promotes caught-up
+// learners to voters up to settings.desiredVoters.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -18,11 +20,12 @@ import {
   type ClusterCommand,
   type Member,
 } from '../../consensus/cluster/index.js';
-import { RaftNode, type RaftStatus } from '../../consensus/driver.js';
+import { NotLeaderError, RaftNode, type RaftStatus } from '../../consensus/driver.js';
+import type { ConfChange } from '../../consensus/core/messages.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { LevelRaftStorage } from '../../consensus/storage/index.js';
 import type { ConfState } from '../../consensus/types.js';
-import type { Mesh } from '../../mesh/mesh.js';
+import type { JoinResult, Mesh } from '../../mesh/mesh.js';
 import type { NodeConfig } from '../config/schema.js';
 import { ConfigError, NovaError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -32,16 +35,38 @@ import {
   buildInitCommand,
   createdTokenPrefix,
   generateApiTokenSecret,
+  hasJoinedMarker,
   isStoreInitialised,
+  memberAddresses,
   memberNameFrom,
   raftDbDirName,
   readBootstrapConf,
   unionMembers,
   writeBootstrapConf,
+  writeJoinedMarker,
 } from './bootstrap.js';
 
 /** How often init polls for this node's leadership. */
 const leaderPollIntervalMs = 20;
+/** How often the leader looks for a learner to promote (and a member role to reconcile with the configuration). */
+export const promotionIntervalMs = 500;
+/** A learner counts as caught up when its match index is within this many entries of the leader's last index. */
+export const learnerCatchUpMaxLag = 16;
+/** Pause between retries of a membership change refused because another one is still uncommitted. */
+const confRetryIntervalMs = 50;
+
+/** What the issuer answers a joiner of a Raft-initialised cluster (carried in the mesh join answer). */
+export interface JoinRaftInfo {
+  clusterId: string;
+  leader: string;
+  voters: string[];
+  learners: string[];
+}
+
+export interface ClusterJoinResult extends JoinResult {
+  /** Set when the issuer's cluster runs Raft: this node then opened Raft as a joiner. */
+  raft?: JoinRaftInfo;
+}
 
 export class ClusterAlreadyInitializedError extends NovaError {
   constructor(clusterId: string | null) {
@@ -117,6 +142,9 @@ export class ClusterService {
   /** Raft was started by init in this process (not reopened from an initialised store). */
   private founding = false;
   private stopped = false;
+  private joining = false;
+  private promotionTimer: NodeJS.Timeout | null = null;
+  private promoting = false;
 
   private constructor(
     private readonly options: ClusterServiceOptions,
@@ -138,8 +166,9 @@ export class ClusterService {
       const mesh = options.mesh;
       // Raft members OR the mesh's own list (config members, join-token peers), so the mesh keeps working unchanged.
       mesh.setMemberProvider(unionMembers({ isMember: (p) => service.state.getMember(p) !== null }, mesh.membership));
+      mesh.setJoinHook({ check: (peer) => service.checkJoin(peer), admitted: (peer, addrs) => service.admitJoiner(peer, addrs) });
       const initial = await storage.initialState();
-      if (isStoreInitialised(initial)) {
+      if (isStoreInitialised(initial) || hasJoinedMarker(options.raftDir)) {
         await service.startRaft(readBootstrapConf(options.raftDir) ?? undefined);
       } else {
         options.logger.info({ raftDir: options.raftDir }, 'no initialised raft store: running without raft until `cluster init`');
@@ -269,10 +298,111 @@ export class ClusterService {
     }
   }
 
+  /**
+   * Joins a cluster with a join token: the mesh presents it to the issuer; when the issuer's cluster runs Raft
+   * (it then admitted this node as a learner), Raft opens here with no bootstrap voters and catches up from the
+   * leader (log or snapshot). The joined marker is written first so that a restart reopens Raft.
+   */
+  async join(token: string): Promise<ClusterJoinResult> {
+    if (this.raftNode !== null || this.state.getClusterId() !== null || this.initialising || this.joining) {
+      throw new ClusterAlreadyInitializedError(this.state.getClusterId());
+    }
+    this.joining = true;
+    try {
+      const result = await this.options.mesh.join(token);
+      const raft = parseJoinRaftInfo(result.extra?.raft);
+      if (raft === null) return result;
+      writeJoinedMarker(this.options.raftDir, raft.clusterId);
+      await this.startRaft(undefined);
+      this.options.logger.info({ clusterId: raft.clusterId, leader: raft.leader, voters: raft.voters }, 'joined the cluster as a raft learner');
+      return { ...result, raft };
+    } finally {
+      this.joining = false;
+    }
+  }
+
+  /** Issuer side, before the mesh redeems a token: a Raft-initialised node admits joiners only as the leader. */
+  private checkJoin(_peer: string): void {
+    const raft = this.raftNode;
+    if (raft === null || this.state.getClusterId() === null) return; // no Raft: a plain mesh join
+    const s = raft.status();
+    if (s.role !== 'leader') throw new NotLeaderError(s.leader);
+  }
+
+  /** Issuer side, after the mesh admitted `peer`: adds it as a learner member (state, then Raft configuration). */
+  private async admitJoiner(peer: string, addrs: string[]): Promise<Record<string, unknown> | undefined> {
+    const raft = this.raftNode;
+    const clusterId = this.state.getClusterId();
+    if (raft === null || clusterId === null) return undefined;
+    if (this.state.getMember(peer) === null) {
+      await this.propose({
+        type: 'member.add',
+        at: Date.now(),
+        actor: { kind: 'system', id: this.options.mesh.peerId, name: 'cluster join' },
+        from: null,
+        node: { id: peer, name: memberNameFrom(`node-${peer.slice(-12)}`), addresses: memberAddresses(addrs), site: '' },
+        role: 'learner',
+      });
+    }
+    const conf = raft.status().conf;
+    if (!conf.voters.includes(peer) && !conf.learners.includes(peer)) await this.proposeConf(raft, { type: 'addLearner', nodeId: peer });
+    const after = raft.status();
+    const info: JoinRaftInfo = { clusterId, leader: after.leader ?? this.options.mesh.peerId, voters: [...after.conf.voters], learners: [...after.conf.learners] };
+    this.options.logger.info({ peer, clusterId }, 'admitted a joiner as a raft learner');
+    return { raft: info };
+  }
+
+  /** Proposes a membership change, retrying while another one is still uncommitted (up to the proposal timeout). */
+  private async proposeConf(raft: RaftNode, change: ConfChange): Promise<void> {
+    const deadline = Date.now() + this.options.config.proposalTimeoutMs;
+    for (;;) {
+      try {
+        await raft.proposeConfChange(change);
+        return;
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'conf_change_pending' || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, confRetryIntervalMs));
+      }
+    }
+  }
+
+  /**
+   * Leader only: reconciles member roles with the Raft configuration, then, while there are fewer voters than
+   * settings.desiredVoters, promotes one caught-up learner (match within learnerCatchUpMaxLag of the last index).
+   */
+  private async promoteOnce(): Promise<void> {
+    const raft = this.raftNode;
+    if (raft === null || this.state.getClusterId() === null || this.promoting || this.stopped) return;
+    if (raft.status().role !== 'leader') return;
+    this.promoting = true;
+    const actor: Actor = { kind: 'system', id: this.options.mesh.peerId, name: 'voter promotion' };
+    try {
+      const conf = raft.status().conf;
+      for (const id of conf.voters) {
+        if (this.state.getMember(id)?.role === 'learner') await this.propose({ type: 'member.setRole', at: Date.now(), actor, from: null, id, role: 'voter' });
+      }
+      if (conf.votersOutgoing.length > 0 || conf.voters.length >= this.state.getSettings().desiredVoters) return;
+      const last = raft.lastIndex();
+      const progress = raft.progress();
+      const candidate = conf.learners.find((id) => this.state.getMember(id) !== null && (progress.get(id)?.match ?? 0) >= last - learnerCatchUpMaxLag);
+      if (candidate === undefined) return;
+      await this.proposeConf(raft, { type: 'addVoter', nodeId: candidate });
+      await this.propose({ type: 'member.setRole', at: Date.now(), actor, from: null, id: candidate, role: 'voter' });
+      this.options.logger.info({ nodeId: candidate, voters: raft.status().conf.voters }, 'promoted a learner to voter');
+    } catch (err) {
+      this.options.logger.warn({ err }, 'voter promotion failed; will retry');
+    } finally {
+      this.promoting = false;
+    }
+  }
+
   /** Closes Raft (transport, then storage). Call before the mesh stops. Idempotent. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.promotionTimer !== null) clearInterval(this.promotionTimer);
+    this.promotionTimer = null;
+    this.options.mesh.setJoinHook(null);
     const raft = this.raftNode;
     this.raftNode = null;
     if (raft !== null) await raft.close(); // closes transport and storage
@@ -305,6 +435,8 @@ export class ClusterService {
       core: { electionTimeoutTicks: config.electionTimeoutTicks, heartbeatIntervalTicks: config.heartbeatIntervalTicks },
     });
     this.raftNode = raft;
+    this.promotionTimer = setInterval(() => void this.promoteOnce(), promotionIntervalMs);
+    this.promotionTimer.unref();
     this.options.onRaftStarted?.(raft);
     logger.info({ nodeId: mesh.peerId, voters: bootstrap?.voters ?? null }, 'raft started');
     return raft;
@@ -317,6 +449,14 @@ export class ClusterService {
       await new Promise((r) => setTimeout(r, leaderPollIntervalMs));
     }
   }
+}
+
+function parseJoinRaftInfo(v: unknown): JoinRaftInfo | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const r = v as Record<string, unknown>;
+  const ids = (x: unknown): x is string[] => Array.isArray(x) && x.every((i) => typeof i === 'string');
+  if (typeof r.clusterId !== 'string' || typeof r.leader !== 'string' || !ids(r.voters) || !ids(r.learners)) return null;
+  return { clusterId: r.clusterId, leader: r.leader, voters: r.voters, learners: r.learners };
 }
 
 /** FNV-1a over the string: a stable 32-bit number from a peer id. */

@@ -8,6 +8,7 @@ import {
   joinTokenTtlMsDefault,
   joinTokenTtlMsMax,
   joinTokenTtlMsMin,
+  type JoinResult,
   type Mesh,
 } from '../../../mesh/index.js';
 
@@ -75,9 +76,21 @@ const ViewEntrySchema = Type.Object({
 
 export interface MeshRouteDeps {
   mesh: Mesh;
+  /** Joins with a token; default mesh.join. The node passes the cluster service's join (which also opens Raft). */
+  join?: (token: string) => Promise<JoinResult & { raft?: { clusterId: string; leader: string; voters: string[]; learners: string[] } }>;
 }
 
-export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
+const JoinRaftSchema = Type.Object(
+  {
+    clusterId: Type.String(),
+    leader: PeerIdSchema,
+    voters: Type.Array(PeerIdSchema),
+    learners: Type.Array(PeerIdSchema),
+  },
+  { description: 'Set when the cluster runs Raft: this node was admitted as a learner and opened Raft; it is promoted to voter once caught up' },
+);
+
+export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): void {
   app.get(
     '/v1/mesh/status',
     { config: { auth: 'viewer' }, schema: { tags: ['mesh'], summary: 'This node\'s mesh identity, addresses, members and telemetry counters', response: { 200: MeshStatusSchema } } },
@@ -157,18 +170,23 @@ export function registerMeshRoutes(app: Api, { mesh }: MeshRouteDeps): void {
       config: { auth: 'admin' },
       schema: {
         tags: ['mesh'],
-        summary: 'Make this node join the cluster of a join token (dials its bootstrap addresses)',
+        summary: 'Make this node join the cluster of a join token (dials its bootstrap addresses; opens Raft as a learner when the cluster runs Raft)',
         body: Type.Object({ token: Type.String({ minLength: 1, maxLength: joinTokenCharsMax }) }, { additionalProperties: false }),
         response: {
-          200: Type.Object({ clusterId: Type.String(), issuer: PeerIdSchema, members: Type.Array(PeerIdSchema) }),
+          200: Type.Object({ clusterId: Type.String(), issuer: PeerIdSchema, members: Type.Array(PeerIdSchema), raft: Type.Optional(JoinRaftSchema) }),
           400: problemRef,
           403: problemRef,
           409: problemRef,
           410: problemRef,
           502: problemRef,
+          503: problemRef,
         },
       },
     },
-    async (request) => mesh.join(request.body.token),
+    async (request) => {
+      const doJoin: NonNullable<MeshRouteDeps['join']> = join ?? ((t) => mesh.join(t));
+      const { clusterId, issuer, members, raft } = await doJoin(request.body.token);
+      return raft === undefined ? { clusterId, issuer, members } : { clusterId, issuer, members, raft };
+    },
   );
 }
