@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AuditRecordOut } from '../../node/cli/commands/token.js';
 import { runCli, spawnCli, waitForLog } from '../support/proc.js';
 
 interface TokenOut {
@@ -17,15 +18,7 @@ interface TokenOut {
   createdAt: number;
   revokedAt: number | null;
 }
-interface AuditRecord {
-  seq: number;
-  at: number;
-  actor: { kind: string; id: string; name?: string };
-  action: string;
-  target: string;
-  from: string | null;
-  outcome: string;
-}
+type AuditRecord = AuditRecordOut;
 
 let child: ChildProcess;
 let dataDir: string;

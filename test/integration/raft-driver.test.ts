@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitUntil } from '../support/wait.js';
 import { NotLeaderError, RaftNode, type RaftLogger } from '../../consensus/driver.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { LevelRaftStorage } from '../../consensus/storage/leveldb.js';
@@ -69,12 +70,8 @@ async function leaderOf(members: Member[], timeoutMs = 5_000): Promise<Member> {
   }
 }
 
-async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
+function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  return waitUntil(cond, timeoutMs);
 }
 
 describe('RaftNode on LevelDB', () => {

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitUntil } from '../support/wait.js';
 import { encodeMessage } from '../../consensus/core/codec.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { RaftNode, type RaftLogger } from '../../consensus/driver.js';
@@ -38,12 +39,8 @@ async function makeSite(name: string): Promise<Site> {
   return { mesh, id: mesh.libp2p.peerId.toString(), dir };
 }
 
-async function until(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+function until(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(cond, timeoutMs);
 }
 
 beforeAll(async () => {

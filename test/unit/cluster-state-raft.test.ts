@@ -1,5 +1,6 @@
 // Proves the cluster state machine under the Raft driver: a refused command rejects only its proposer with the ClusterError, replication goes on, and every replica (one catching up through a snapshot) ends byte-identical.
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitUntil } from '../support/wait.js';
 import { RaftNode, type RaftLogger } from '../../consensus/driver.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { MemoryRaftStorage } from '../../consensus/storage/memory.js';
@@ -35,12 +36,8 @@ async function start(net: MemoryNetwork, id: string, seed: number): Promise<{ no
   return { node, sm };
 }
 
-async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
+function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  return waitUntil(cond, timeoutMs);
 }
 
 describe('ClusterStateMachine under RaftNode', () => {
