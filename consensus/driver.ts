@@ -161,6 +161,10 @@ export class RaftNode {
     snapshotsInstalled: 0,
   };
   private leaderListeners: ((leader: NodeId | null, term: number) => void)[] = [];
+  /** waitApplied callers, resolved as the applied index passes theirs. */
+  private appliedWaiters: { index: number; resolve: () => void; reject: (err: Error) => void; timer: NodeJS.Timeout }[] = [];
+  /** When a message from the current leader last arrived (ms, Date.now()); 0 = never. */
+  private leaderContactAtMs = 0;
   /** Term and vote as last written to storage (null: unknown, so every hard state is written). */
   private durableTermVote: { term: number; vote: NodeId | null } | null = null;
   /** A commit-only hard state not yet written: it rides along with the next write (see handle). */
@@ -189,6 +193,7 @@ export class RaftNode {
         this.log.warn({ err, from: m.from, type: m.type }, 'raft message rejected');
         return;
       }
+      if (m.from === this.core.status.leader) this.leaderContactAtMs = Date.now();
       this.schedule();
     });
     this.ticker = setInterval(() => {
@@ -297,6 +302,39 @@ export class RaftNode {
     return promise;
   }
 
+  /**
+   * Resolves once this node has applied `index` (e.g. the index a leader answered for a forwarded write, so the
+   * caller reads its own write here). Rejects with ReadTimeoutError after timeoutMs.
+   */
+  waitApplied(index: number, timeoutMs: number): Promise<void> {
+    this.assertRunning();
+    if (this.applied >= index) return Promise.resolve();
+    if (this.appliedWaiters.length >= maxPendingReads) return Promise.reject(new RaftOverloadedError(`${maxPendingReads} waits for apply already pending`));
+    return new Promise<void>((resolve, reject) => {
+      const waiter = {
+        index,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.appliedWaiters = this.appliedWaiters.filter((w) => w !== waiter);
+          reject(new ReadTimeoutError(`entry ${index} not applied here within ${timeoutMs} ms (applied ${this.applied})`));
+        }, timeoutMs),
+      };
+      this.appliedWaiters.push(waiter);
+    });
+  }
+
+  /**
+   * How old this node's view may be, ms: 0 on the leader (check-quorum steps it down within an election timeout
+   * of losing its majority), else the time since the last message from the leader; null if none was ever heard.
+   */
+  dataAgeMs(nowMs: number = Date.now()): number | null {
+    const s = this.core.status;
+    if (s.role === 'leader') return 0;
+    if (this.leaderContactAtMs === 0) return null;
+    return Math.max(0, nowMs - this.leaderContactAtMs);
+  }
+
   transferLeader(to: NodeId): void {
     this.assertRunning();
     this.core.transferLeader(to);
@@ -317,8 +355,10 @@ export class RaftNode {
     const err = new RaftStoppedError('raft node stopped');
     for (const [, w] of this.proposals) this.settle(w, err);
     for (const [, w] of this.reads) this.settle(w, err);
+    for (const w of this.appliedWaiters) this.settle(w, err);
     this.proposals.clear();
     this.reads.clear();
+    this.appliedWaiters = [];
     await this.transport.close();
     await this.storage.close();
   }
@@ -375,8 +415,10 @@ export class RaftNode {
       clearInterval(this.ticker);
       for (const [, w] of this.proposals) this.settle(w, this.fatal);
       for (const [, w] of this.reads) this.settle(w, this.fatal);
+      for (const w of this.appliedWaiters) this.settle(w, this.fatal);
       this.proposals.clear();
       this.reads.clear();
+      this.appliedWaiters = [];
     } finally {
       this.running = false;
       const waiters = this.idleWaiters;
@@ -425,6 +467,17 @@ export class RaftNode {
     for (const e of rd.committedEntries) this.applyEntry(e);
     if (rd.readStates.length > 0) this.readPoints.push(...rd.readStates);
     this.serveReads();
+    if (this.appliedWaiters.length > 0) this.serveAppliedWaiters();
+  }
+
+  private serveAppliedWaiters(): void {
+    const ready = this.appliedWaiters.filter((w) => w.index <= this.applied);
+    if (ready.length === 0) return;
+    this.appliedWaiters = this.appliedWaiters.filter((w) => w.index > this.applied);
+    for (const w of ready) {
+      clearTimeout(w.timer);
+      w.resolve();
+    }
   }
 
   private applyEntry(e: Entry): void {

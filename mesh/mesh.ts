@@ -21,7 +21,7 @@ import type { Identify } from '@libp2p/identify';
 import type { CircuitRelayService } from '@libp2p/circuit-relay-v2';
 import { JoinTokenCode, JoinTokenError, MeshError, MeshJoinError, MeshNotRunningError, MeshRemoteError, MeshStreamRefusedError, meshErrorMessage, type JoinTokenCodeValue, type MeshErrorOptions } from './errors.js';
 import { loadOrCreateIdentity, type MeshIdentity } from './identity.js';
-import { JoinTokenStore, checkTokenForJoiner, decodeJoinToken, joinTokenTtlMsDefault, type JoinTokenInfo } from './join-token.js';
+import { JoinTokenStore, checkTokenForJoiner, decodeJoinToken, joinTokenTtlMsDefault, type JoinTokenInfo, type JoinTokenPayload } from './join-token.js';
 import { LinkModel, type LinkEstimate } from './link-model.js';
 import type { MeshLogger } from './log.js';
 import { LocalMembership, MembershipGate, membersMax, type MemberEntry } from './membership.js';
@@ -160,18 +160,40 @@ export interface JoinResult {
   extra?: Record<string, unknown>;
 }
 
+/** What a joiner tells about itself in its join request. */
+export interface JoinerInfo {
+  /** Member name it asks for (a DNS label), if any. */
+  name?: string;
+  /** Site label (voters are spread over distinct sites), if any. */
+  site?: string;
+  /** Addresses the issuer knows for it (identify, circuit addresses first). */
+  addrs: string[];
+}
+
 /**
- * Lets the owner of the mesh (the cluster service) take part in a join on the issuer: `check` runs before the
- * token is redeemed and may refuse (e.g. not the Raft leader: its error code travels to the joiner); `admitted`
- * runs after the peer is admitted and its answer travels to the joiner as `JoinResult.extra`.
+ * Lets the owner of the mesh (the cluster service) redeem join tokens itself: once the cluster runs Raft, join
+ * tokens live in the replicated state, so any member can admit a joiner. `redeem` returns what the joiner is told
+ * (JoinResult.extra), or null to leave the token to this node's own store (a cluster without Raft yet). Its
+ * errors' codes travel to the joiner.
  */
 export interface JoinHook {
-  check(peer: string): void;
-  admitted(peer: string, addrs: string[]): Promise<Record<string, unknown> | undefined>;
+  redeem(peer: string, token: JoinTokenPayload, joiner: JoinerInfo): Promise<Record<string, unknown> | null>;
 }
 
 /** Remote error codes a join hook may raise that the joiner reports as they are (not as unreachable). */
-export const joinHookErrorCodes: ReadonlySet<string> = new Set(['not_leader', 'no_leader', 'cluster_not_initialized', 'proposal_timeout', 'proposal_dropped', 'conf_change_pending']);
+export const joinHookErrorCodes: ReadonlySet<string> = new Set([
+  'not_leader',
+  'no_leader',
+  'no_quorum',
+  'cluster_not_initialized',
+  'proposal_timeout',
+  'proposal_dropped',
+  'conf_change_pending',
+  'already_exists',
+  'limit_exceeded',
+  'command_invalid',
+  'write_outcome_unknown',
+]);
 
 /** A join refused by the issuer's join hook (e.g. not_leader), with the issuer's code and message. */
 export class JoinRefusedError extends MeshError {
@@ -182,7 +204,12 @@ export class JoinRefusedError extends MeshError {
 
 interface JoinRequest {
   token: string;
+  name?: string;
+  site?: string;
 }
+
+/** Longest member name or site label a join request may carry (a DNS label). */
+const joinLabelCharsMax = 63;
 
 interface MemberList {
   clusterId: string;
@@ -206,8 +233,15 @@ function validateMemberList(v: unknown): MemberList {
 }
 
 function validateJoinRequest(v: unknown): JoinRequest {
-  if (!isRecord(v) || typeof v.token !== 'string') throw new Error('expected { token }');
-  return { token: v.token };
+  if (!isRecord(v) || typeof v.token !== 'string') throw new Error('expected { token, name?, site? }');
+  const label = (x: unknown, what: string): string | undefined => {
+    if (x === undefined) return undefined;
+    if (typeof x !== 'string' || x.length > joinLabelCharsMax) throw new Error(`${what} must be a string of at most ${joinLabelCharsMax} characters`);
+    return x;
+  };
+  const name = label(v.name, 'name');
+  const site = label(v.site, 'site');
+  return { token: v.token, ...(name === undefined ? {} : { name }), ...(site === undefined ? {} : { site }) };
 }
 
 const joinTokenCodes = new Set<string>(Object.values(JoinTokenCode));
@@ -481,8 +515,11 @@ export class Mesh {
     return info;
   }
 
-  /** Joins the cluster of a token: dials its bootstrap addresses in turn and presents it to the issuer. */
-  async join(token: string): Promise<JoinResult> {
+  /**
+   * Joins the cluster of a token: dials its bootstrap addresses in turn and presents it to the issuer, with the
+   * member name and site this node asks for.
+   */
+  async join(token: string, joiner: { name?: string | undefined; site?: string | undefined } = {}): Promise<JoinResult> {
     this.assertRunning();
     const payload = decodeJoinToken(token);
     checkTokenForJoiner(payload, this.membership.clusterId, this.clock.nowMs());
@@ -504,7 +541,8 @@ export class Mesh {
       for (let attempt = 1; attempt <= joinAttemptsPerAddrMax && list === undefined; attempt++) {
         try {
           await this.libp2p.dial(target, { signal: AbortSignal.timeout(joinAttemptTimeoutMs) });
-          list = await this.protocols.request(issuer, joinProtocol, { token } satisfies JoinRequest, { validate: validateMemberList, timeoutMs: joinAttemptTimeoutMs });
+          const request: JoinRequest = { token, ...(joiner.name === undefined ? {} : { name: joiner.name }), ...(joiner.site === undefined ? {} : { site: joiner.site }) };
+          list = await this.protocols.request(issuer, joinProtocol, request, { validate: validateMemberList, timeoutMs: joinAttemptTimeoutMs });
         } catch (err) {
           if (err instanceof MeshRemoteError) {
             const remoteCode = err.details?.remoteCode;
@@ -527,9 +565,11 @@ export class Mesh {
 
   private async onJoin(req: JoinRequest, peer: string): Promise<MemberList> {
     const payload = decodeJoinToken(req.token);
+    let extra: Record<string, unknown> | null = null;
     try {
-      this.joinHook?.check(peer);
-      this.tokens.redeem(payload, this.membership.clusterId, peer, this.clock.nowMs());
+      const joiner: JoinerInfo = { addrs: await this.addrsOf(peer), ...(req.name === undefined ? {} : { name: req.name }), ...(req.site === undefined ? {} : { site: req.site }) };
+      extra = (await this.joinHook?.redeem(peer, payload, joiner)) ?? null;
+      if (extra === null) this.tokens.redeem(payload, this.membership.clusterId, peer, this.clock.nowMs());
     } catch (err) {
       this.log.warn({ peer, tokenId: payload.i, code: err instanceof MeshError ? err.code : undefined, reason: meshErrorMessage(err) }, 'refused a join');
       throw err;
@@ -539,8 +579,7 @@ export class Mesh {
     // Tell the other members now rather than at the next sync round.
     for (const p of this.connectedMembers()) if (p !== peer) void this.syncWith(p);
     const list = await this.memberList();
-    const extra = await this.joinHook?.admitted(peer, await this.addrsOf(peer));
-    return extra === undefined ? list : { ...list, extra };
+    return extra === null ? list : { ...list, extra };
   }
 
   /** Installs the issuer-side join hook (the cluster service's Raft admission). */

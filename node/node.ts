@@ -76,6 +76,7 @@ export class NovaNode {
       });
       const clusterForAuth = cluster;
       const { registerTokenRoutes } = await import('./api/routes/tokens.js');
+      const { registerNodeRoutes } = await import('./api/routes/nodes.js');
       const { EventHub, appliedAt, registerEventRoutes, toClusterEvent } = await import('./api/routes/events.js');
       // State changes from here on feed the event stream; earlier ones (a replayed log) are behind its floor.
       const events = new EventHub({ startIndex: cluster.raft?.status().applied ?? 0 });
@@ -86,12 +87,22 @@ export class NovaNode {
         bodyLimitBytes: config.api.bodyLimitBytes,
         onRequestDone: (method, route, status, durationS) => metrics.observeRequest(method, route, status, durationS),
         auth: { enforced: () => clusterForAuth.authEnforced, lookup: (secret) => clusterForAuth.verifyToken(secret), loading: () => clusterForAuth.loading },
+        readPoint: (stale) => clusterForAuth.readPoint(stale),
       });
       const node = new NovaNode(config, layout, lock, api, qemu, logger, mesh, cluster);
       registerSystemRoutes(api, { checks: () => node.checks(), version: () => node.versionInfo() });
       const clusterForJoin = cluster;
-      registerMeshRoutes(api, { mesh, join: (token) => clusterForJoin.join(token) });
+      registerMeshRoutes(api, {
+        mesh,
+        join: (token, joiner) => clusterForJoin.join(token, joiner),
+        joinTokens: {
+          create: (ttlMs, origin) => clusterForJoin.createJoinToken(ttlMs, origin),
+          list: () => clusterForJoin.listJoinTokens(),
+          revoke: (id, origin) => clusterForJoin.revokeJoinToken(id, origin),
+        },
+      });
       registerClusterRoutes(api, { cluster });
+      registerNodeRoutes(api, { cluster });
       registerTokenRoutes(api, { cluster });
       registerEventRoutes(api, { hub: events, authEnforced: () => clusterForAuth.authEnforced });
       const meshForView = mesh;

@@ -104,7 +104,7 @@ export const MigrationProgressSchema = Type.Object(
 
 export const SettingsSchema = Type.Object(
   {
-    /** Voters the leader keeps (3, or 5 once there are at least 5 nodes); every other member is a learner. */
+    /** Most voters the leader keeps: it keeps 3, or 5 once there are at least 5 members, up to this; every other member is a learner. */
     desiredVoters: Type.Union([Type.Literal(1), Type.Literal(3), Type.Literal(5)]),
     /** A voter unreachable this long is replaced by a healthy learner. */
     voterReplaceAfterMs: Type.Integer({ minimum: 1_000, maximum: 24 * 3600 * 1000 }),

@@ -92,11 +92,13 @@ export interface AuditRecord {
   /** The id of the record changed (VM id, node id, token id…), or the cluster id. */
   readonly target: string;
   readonly from: string | null;
-  /** Refusals change nothing and are not recorded here (the API layer logs them); kept for the record format. */
-  readonly outcome: 'ok';
+  /** `refused`: the command reached the log but apply refused it (nothing changed); `error` says why. */
+  readonly outcome: 'ok' | 'refused';
+  /** The refusal's error code (e.g. `conflict`, `join_token_used`); only with outcome `refused`. */
+  readonly error?: string;
 }
 
 export type { Settings };
 
 /** Defaults a new cluster starts with (cluster.init may override them). */
-export const settingsDefault: Settings = { desiredVoters: 3, voterReplaceAfterMs: 30_000 };
+export const settingsDefault: Settings = { desiredVoters: 5, voterReplaceAfterMs: 30_000 };

@@ -58,8 +58,8 @@ export function isMigrationActive(m: Migration): boolean {
 /** What apply returns to the proposer and what onChange listeners receive. */
 export interface ChangeEvent {
   readonly index: number;
-  /** The command type, or `snapshot.restore` when the whole state was replaced. */
-  readonly type: CommandType | 'snapshot.restore';
+  /** The command type, `snapshot.restore` when the whole state was replaced, or `audit.refused` (ids: the audit seq). */
+  readonly type: CommandType | 'snapshot.restore' | 'audit.refused';
   /** Ids of the records changed (first the command's target). */
   readonly ids: readonly string[];
 }
@@ -143,7 +143,18 @@ export class ClusterStateMachine implements StateMachine {
 
   apply(command: Uint8Array, index: number): ApplyResult {
     const cmd = decodeCommand(command);
-    const out = this.execute(cmd);
+    let out: Outcome;
+    try {
+      out = this.execute(cmd);
+    } catch (err) {
+      // Refusals are deterministic (same log, same refusal on every node), so recording them keeps replicas
+      // identical and lets an operator see who tried what. Before cluster.init there is no audit log yet.
+      if (err instanceof ClusterError && this.clusterId !== null) {
+        const seq = this.appendAudit(cmd, refusedTarget(cmd), err.code);
+        this.emit({ index, type: 'audit.refused', ids: [String(seq)] });
+      }
+      throw err;
+    }
     const seq = this.appendAudit(cmd, out.target);
     const event: ChangeEvent = { index, type: cmd.type, ids: out.ids };
     this.emit(event);
@@ -263,10 +274,11 @@ export class ClusterStateMachine implements StateMachine {
     }
   }
 
-  private appendAudit(cmd: ClusterCommand, target: string): number {
+  private appendAudit(cmd: ClusterCommand, target: string, refusedWith?: string): number {
     const seq = this.auditNextSeq++;
     const actor: Actor = cmd.actor.name === undefined ? { kind: cmd.actor.kind, id: cmd.actor.id } : { kind: cmd.actor.kind, id: cmd.actor.id, name: cmd.actor.name };
-    const rec: AuditRecord = deepFreeze({ seq, at: cmd.at, actor, action: cmd.type, target, from: cmd.from, outcome: 'ok' });
+    const base = { seq, at: cmd.at, actor, action: cmd.type, target, from: cmd.from };
+    const rec: AuditRecord = deepFreeze(refusedWith === undefined ? { ...base, outcome: 'ok' } : { ...base, outcome: 'refused', error: refusedWith });
     if (this.audit.length < auditRecordsMax) this.audit.push(rec);
     else {
       this.audit[this.auditStart] = rec;
@@ -711,6 +723,13 @@ export class ClusterStateMachine implements StateMachine {
     this.joinTokens.set(t.id, next);
     return { target: t.id, ids: [t.id], value: withoutHash(next) };
   }
+}
+
+/** What a refused command was aimed at: its record id when it names one, else the cluster. */
+function refusedTarget(cmd: ClusterCommand): string {
+  if ('id' in cmd && typeof cmd.id === 'string') return cmd.id;
+  if ('node' in cmd && typeof cmd.node === 'object') return cmd.node.id;
+  return cmd.type;
 }
 
 function withoutHash<T extends { secretHash: string }>(t: T): Omit<T, 'secretHash'> {

@@ -26,6 +26,8 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   data_dir_invalid: { status: 500, title: 'Node data directory is unusable' },
   not_ready: { status: 503, title: 'Node is not ready' },
   qemu_unsupported: { status: 503, title: 'QEMU on this node is missing or too old' },
+  demo_guest_build_failed: { status: 500, title: 'Building the demo guest failed' },
+  demo_guest_invalid: { status: 500, title: 'The demo guest build output is unusable' },
   // mesh/ (mesh/errors.ts)
   join_token_malformed: { status: 400, title: 'Join token is malformed' },
   join_token_invalid: { status: 403, title: 'Join token was not issued by this cluster' },
@@ -56,6 +58,8 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   snapshot_invalid: { status: 500, title: 'Cluster snapshot cannot be restored' },
   cluster_bootstrap_invalid: { status: 500, title: 'The Raft bootstrap configuration in the data dir is unusable' },
   no_leader: { status: 503, title: 'No Raft leader' },
+  no_quorum: { status: 503, title: 'No quorum: this node cannot reach a majority of the voters' },
+  write_outcome_unknown: { status: 504, title: 'The leader did not answer: the write may or may not have been applied' },
   // consensus/ (Raft core and driver): a node without quorum refuses writes with 503 and says why.
   not_leader: { status: 503, title: 'This node is not the Raft leader' },
   proposal_timeout: { status: 503, title: 'No quorum: the write was not committed in time' },
@@ -70,6 +74,16 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   storage_io: { status: 500, title: 'The Raft store failed to write; the node must be restarted' },
   storage_closed: { status: 503, title: 'The Raft store is closed' },
   storage_locked: { status: 500, title: 'The Raft store is in use by another process' },
+  // node/hypervisor/ (QMP client, QEMU driver, accelerator probe)
+  qmp_timeout: { status: 504, title: 'QEMU did not answer in time' },
+  qmp_disconnected: { status: 502, title: 'The connection to QEMU was lost' },
+  qmp_command_failed: { status: 500, title: 'QEMU refused the command' },
+  qmp_protocol_error: { status: 502, title: 'QEMU spoke something other than QMP' },
+  qmp_overloaded: { status: 503, title: 'Too many QEMU commands in flight; retry later' },
+  qemu_start_failed: { status: 500, title: 'QEMU did not start' },
+  qemu_kill_failed: { status: 500, title: 'QEMU could not be killed' },
+  vm_not_running: { status: 409, title: 'The VM is not running on this node' },
+  accel_unavailable: { status: 503, title: 'The configured accelerator is not available on this node' },
 };
 
 export interface ProblemFieldError {

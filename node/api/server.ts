@@ -10,6 +10,7 @@ import { NotFoundError } from '../errors.js';
 import { apiVersion, novacronVersion } from '../version.js';
 import { ProblemSchema, problemContentType, toProblem } from './problem.js';
 import { bearerSchemeName, installAuth, type AuthDeps } from './auth.js';
+import { installReadConsistency, type ReadPoint } from './consistency.js';
 
 export type Api = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxTypeProvider>;
 
@@ -29,6 +30,8 @@ export interface ApiOptions {
   onRequestDone?: (method: string, route: string, status: number, durationS: number) => void;
   /** Bearer-token auth (node/api/auth.ts); without it every route is open (in-process tests of the shell). */
   auth?: AuthDeps;
+  /** Read points for routes marked `read: true` (node/api/consistency.ts); without it they read local state. */
+  readPoint?: ReadPoint;
 }
 
 function makeAjv(options: AjvOptions): Ajv {
@@ -85,6 +88,8 @@ export async function createApi(options: ApiOptions): Promise<Api> {
   });
 
   if (options.auth !== undefined) installAuth(app, options.auth);
+  if (options.readPoint !== undefined) installReadConsistency(app, options.readPoint);
+  if (options.readPoint !== undefined) installReadConsistency(app, options.readPoint);
 
   app.setErrorHandler((err, request, reply) => {
     const { problem, unexpected } = toProblem(err, request.url);

@@ -11,6 +11,13 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
+export interface StateRead<T> {
+  body: T;
+  /** linearizable, stale or local (a node without a cluster); null from a node that does not say. */
+  consistency: string | null;
+  dataAgeMs: number | null;
+}
+
 export class ApiClient {
   readonly baseUrl: string;
   private readonly token: string | undefined;
@@ -34,7 +41,26 @@ export class ApiClient {
     return this.request<T>('DELETE', path);
   }
 
+  patch<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('PATCH', path, body);
+  }
+
+  /**
+   * A read of the cluster state: linearizable, or this node's state as it is with `stale`. Says how the node
+   * served it (NovaCron-Read-Consistency) and how old the data may be (NovaCron-Data-Age-Ms).
+   */
+  async read<T>(path: string, stale = false): Promise<StateRead<T>> {
+    const sep = path.includes('?') ? '&' : '?';
+    const { res, body } = await this.exchange<T>('GET', stale ? `${path}${sep}stale=true` : path);
+    const age = res.headers.get('novacron-data-age-ms');
+    return { body, consistency: res.headers.get('novacron-read-consistency'), dataAgeMs: age === null ? null : Number(age) };
+  }
+
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return (await this.exchange<T>(method, path, body)).body;
+  }
+
+  private async exchange<T>(method: string, path: string, body?: unknown): Promise<{ res: Response; body: T }> {
     const url = `${this.baseUrl}${path}`;
     const headers: Record<string, string> = { accept: `application/json, ${problemContentType}` };
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
@@ -52,9 +78,9 @@ export class ApiClient {
     }
     const text = await res.text();
     if (!res.ok) throw new CliApiError(res.status, parseProblem(res.status, text));
-    if (text === '') return undefined as T;
+    if (text === '') return { res, body: undefined as T };
     try {
-      return JSON.parse(text) as T;
+      return { res, body: JSON.parse(text) as T };
     } catch {
       throw new CliApiError(res.status, makeProblem('internal', `the node answered ${url} with a body that is not JSON`));
     }

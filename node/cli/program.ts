@@ -6,7 +6,8 @@ import { CliApiError, CliUsageError, ExitCode, exitCodeFor } from './exit.js';
 import { Output } from './output.js';
 import { registerNodeCommands } from './commands/node.js';
 import { registerVersionCommand } from './commands/version.js';
-import { registerClusterCommands, registerNodeListCommand } from './commands/mesh.js';
+import { registerClusterCommands } from './commands/mesh.js';
+import { registerNodeCommands as registerNodeMemberCommands } from './commands/nodes.js';
 import { registerClusterInitStatusCommands } from './commands/cluster.js';
 import { registerTokenCommands } from './commands/token.js';
 import { registerEventsCommand } from './commands/events.js';
@@ -66,7 +67,7 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
 
   registerVersionCommand(program, context);
   registerNodeCommands(program, context);
-  registerNodeListCommand(program, context);
+  registerNodeMemberCommands(program, context);
   registerClusterCommands(program, context);
   registerClusterInitStatusCommands(program, context);
   registerTokenCommands(program, context);

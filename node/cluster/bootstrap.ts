@@ -147,8 +147,3 @@ export function buildInitCommand(input: InitCommandInput): CommandOf<'cluster.in
     adminToken: { id: input.adminTokenId ?? randomUUID(), name: adminTokenName, secretHash: input.adminTokenHash },
   };
 }
-
-/** Membership for the mesh gate: a peer is a member if Raft's state says so or the mesh's own list does. */
-export function unionMembers(...providers: readonly { isMember(peer: string): boolean }[]): { isMember(peer: string): boolean } {
-  return { isMember: (peer) => providers.some((p) => p.isMember(peer)) };
-}

@@ -1,11 +1,17 @@
 // The cluster service: Raft over the mesh with the cluster state machine, owned by NovaNode. A node whose
 // <dataDir>/raft store was initialised (or holds the joined marker) reopens it at start (snapshot restored, log
 // replayed); a fresh node runs without Raft until `cluster init` founds a one-voter cluster or `cluster join`
-// joins one. On the leader it admits joiners as Raft learners (the mesh's join hook) and promotes caught-up
-// learners to voters up to settings.desiredVoters.
+// joins one.
+// - Writes from any node: a follower forwards the command to the leader over /novacron/cluster/1.0.0 (members
+//   only) and answers once the entry is applied here too, so the caller reads its own write on this node.
+// - Reads: linearizable through ReadIndex by default; stale on request, with the age of the data.
+// - Join tokens live in the replicated state: any member redeems one (joinToken.use adds the joiner as a learner
+//   member atomically), and the leader's reconcile loop makes the Raft configuration follow the member list
+//   (learners in, removed members out) and keeps 3 or 5 voters spread over sites (voters.ts decides).
+// - The mesh's membership gate follows the member list once the cluster exists.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   ClusterError,
   ClusterStateMachine,
@@ -18,18 +24,25 @@ import {
   type ApplyResult,
   type AuditRecord,
   type ClusterCommand,
+  type CommandOf,
+  type JoinToken,
   type Member,
+  validateCommand,
 } from '../../consensus/cluster/index.js';
-import { NotLeaderError, RaftNode, type RaftStatus } from '../../consensus/driver.js';
+import { NotLeaderError, ProposalDroppedError, RaftNode, ReadTimeoutError, type RaftStatus } from '../../consensus/driver.js';
 import type { ConfChange } from '../../consensus/core/messages.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { LevelRaftStorage } from '../../consensus/storage/index.js';
 import type { ConfState } from '../../consensus/types.js';
-import type { JoinResult, Mesh } from '../../mesh/mesh.js';
+import { JoinTokenCode, JoinTokenError, MeshPeerUnreachableError, MeshRemoteError, MeshStreamRefusedError, MeshTimeoutError } from '../../mesh/errors.js';
+import { encodeJoinToken, hashSecret as hashJoinSecret, joinTokenBootstrapMax, joinTokenIdBytes, joinTokenSecretBytes, type JoinTokenInfo, type JoinTokenPayload } from '../../mesh/join-token.js';
+import type { JoinerInfo, JoinResult, Mesh } from '../../mesh/mesh.js';
+import type { TelemetrySample } from '../../mesh/telemetry.js';
 import type { NodeConfig } from '../config/schema.js';
 import { ConfigError, NovaError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RaftMetricsSource } from '../metrics.js';
+import { nextVoterAction, type VoterAction, type VoterInputs } from './voters.js';
 import { MeshRaftTransport } from '../raft-transport.js';
 import {
   buildInitCommand,
@@ -41,19 +54,26 @@ import {
   memberNameFrom,
   raftDbDirName,
   readBootstrapConf,
-  unionMembers,
   writeBootstrapConf,
   writeJoinedMarker,
 } from './bootstrap.js';
 
-/** How often init polls for this node's leadership. */
+/** How often init and writes poll for a (new) leader. */
 const leaderPollIntervalMs = 20;
-/** How often the leader looks for a learner to promote (and a member role to reconcile with the configuration). */
-export const promotionIntervalMs = 500;
-/** A learner counts as caught up when its match index is within this many entries of the leader's last index. */
-export const learnerCatchUpMaxLag = 16;
+/** How often the leader reconciles the Raft configuration with the member list (voters.ts). */
+export const reconcileIntervalMs = 500;
+/** Membership changes the leader makes per reconcile round (each waits for the previous to apply). */
+export const reconcileActionsPerRoundMax = 4;
 /** Pause between retries of a membership change refused because another one is still uncommitted. */
 const confRetryIntervalMs = 50;
+/** Members-only protocol carrying forwarded writes to the leader. */
+export const clusterProtocol = '/novacron/cluster/1.0.0';
+/** Forwarded requests handled at once per connection: 64 API clients on one follower share one connection. */
+export const clusterInboundStreamsMax = 256;
+/** Attempts of one write across leader changes (only when the leader surely did not take it). */
+export const forwardAttemptsMax = 5;
+/** A write waits this many election timeouts for a leader before answering no_quorum. */
+const leaderWaitElectionTimeouts = 3;
 
 /** What the issuer answers a joiner of a Raft-initialised cluster (carried in the mesh join answer). */
 export interface JoinRaftInfo {
@@ -78,6 +98,66 @@ export class NoLeaderError extends NovaError {
   constructor(message: string) {
     super('no_leader', message);
   }
+}
+
+/** This node cannot reach a majority of the voters: writes and linearizable reads are refused (503). */
+export class NoQuorumError extends NovaError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('no_quorum', message, details === undefined ? {} : { details });
+  }
+}
+
+/** A forwarded write whose answer never came: it may or may not have been applied (504). */
+export class WriteOutcomeUnknownError extends NovaError {
+  constructor(message: string, cause: unknown) {
+    super('write_outcome_unknown', message, { cause });
+  }
+}
+
+/** The leader refused a forwarded write: its error code and message, as if it were refused here. */
+export class RemoteClusterError extends NovaError {
+  constructor(code: string, message: string, leader: string) {
+    super(code, message, { details: { leader } });
+  }
+}
+
+/** How a read was served: through a ReadIndex point, from local state on request, or locally before any cluster. */
+export interface ReadInfo {
+  consistency: 'linearizable' | 'stale' | 'local';
+  /** How old the local state may be (ms): 0 after a read point; null when unknown (never heard a leader). */
+  dataAgeMs: number | null;
+}
+
+/** A member as `node list|show` presents it: the record, its Raft role and how this node sees it now. */
+export interface NodeView extends Member {
+  /** leader, voter or learner in the Raft configuration this node knows; none when not in it (yet). */
+  raftRole: 'leader' | 'voter' | 'learner' | 'none';
+  self: boolean;
+  /** Connected now, or its telemetry is fresh. */
+  reachable: boolean;
+  rttMs: number | null;
+  /** Replication match index (answered by the leader only). */
+  match: number | null;
+  telemetry: { ageMs: number; sample: TelemetrySample } | null;
+}
+
+/** A forwarded request: a write, or a node removal (the leader first takes the node out of the Raft configuration). */
+type PeerRequest = { op: 'propose'; command: ClusterCommand } | { op: 'removeNode'; command: CommandOf<'member.remove'> };
+
+function validatePeerRequest(v: unknown): PeerRequest {
+  if (typeof v !== 'object' || v === null) throw new Error('expected { op, command }');
+  const r = v as Record<string, unknown>;
+  const command = validateCommand(r.command);
+  if (r.op === 'propose') return { op: 'propose', command };
+  if (r.op === 'removeNode' && command.type === 'member.remove') return { op: 'removeNode', command };
+  throw new Error('unknown op');
+}
+
+function validateApplyResult(v: unknown): ApplyResult {
+  if (typeof v !== 'object' || v === null) throw new Error('expected an apply result');
+  const r = v as Record<string, unknown>;
+  if (!Number.isSafeInteger(r.index) || typeof r.type !== 'string' || !Array.isArray(r.ids) || !Number.isSafeInteger(r.auditSeq)) throw new Error('bad apply result');
+  return v as ApplyResult;
 }
 
 export interface ClusterServiceOptions {
@@ -143,8 +223,10 @@ export class ClusterService {
   private founding = false;
   private stopped = false;
   private joining = false;
-  private promotionTimer: NodeJS.Timeout | null = null;
-  private promoting = false;
+  private reconcileTimer: NodeJS.Timeout | null = null;
+  private reconciling = false;
+  /** Leader only: since when each unreachable member has been unreachable (ms). */
+  private readonly unhealthySinceMs = new Map<string, number>();
 
   private constructor(
     private readonly options: ClusterServiceOptions,
@@ -164,9 +246,14 @@ export class ClusterService {
     const service = new ClusterService(options, storage);
     try {
       const mesh = options.mesh;
-      // Raft members OR the mesh's own list (config members, join-token peers), so the mesh keeps working unchanged.
-      mesh.setMemberProvider(unionMembers({ isMember: (p) => service.state.getMember(p) !== null }, mesh.membership));
-      mesh.setJoinHook({ check: (peer) => service.checkJoin(peer), admitted: (peer, addrs) => service.admitJoiner(peer, addrs) });
+      // Once the cluster exists the member list decides (a removed node gets nothing); before, the mesh's own list.
+      mesh.setMemberProvider({ isMember: (p) => (service.state.getClusterId() !== null ? service.state.getMember(p) !== null : mesh.membership.isMember(p)) });
+      mesh.setJoinHook({ redeem: (peer, token, joiner) => service.redeemJoin(peer, token, joiner) });
+      await mesh.protocols.handleRequest<PeerRequest, ApplyResult>(clusterProtocol, (req, ctx) => service.onPeerRequest(req, ctx.peer), {
+        validate: validatePeerRequest,
+        maxInboundStreams: clusterInboundStreamsMax,
+        timeoutMs: options.config.proposalTimeoutMs + options.config.readTimeoutMs,
+      });
       const initial = await storage.initialState();
       if (isStoreInitialised(initial) || hasJoinedMarker(options.raftDir)) {
         await service.startRaft(readBootstrapConf(options.raftDir) ?? undefined);
@@ -206,13 +293,106 @@ export class ClusterService {
     return this.state.verifyApiToken(hashSecret(secret));
   }
 
-  /** Proposes a command through Raft and resolves once it is applied here. Refusals reject (ClusterError, not_leader…). */
+  /**
+   * Proposes a command through Raft, from any node: a follower forwards it to the leader. Resolves once it is
+   * applied here. Refusals reject with the state machine's ClusterError code; no_quorum when no leader can be
+   * reached; write_outcome_unknown when the leader took it but its answer was lost.
+   */
   async propose(cmd: ClusterCommand): Promise<ApplyResult> {
+    return this.submit({ op: 'propose', command: cmd });
+  }
+
+  /**
+   * Where a read should be served from. Default: a ReadIndex point (linearizable; no_quorum when this node cannot
+   * reach a majority); `stale`: this node's state now, with its age. A node without a cluster reads locally.
+   */
+  async readPoint(stale: boolean): Promise<ReadInfo> {
+    const raft = this.raftNode;
+    if (raft === null || this.state.getClusterId() === null) return { consistency: 'local', dataAgeMs: null };
+    if (stale) return { consistency: 'stale', dataAgeMs: raft.dataAgeMs() };
+    const hint = 'read with ?stale=true to get this node\'s possibly stale state';
+    if (raft.status().leader === null) throw new NoQuorumError(`no quorum: this node knows no leader (it cannot reach a majority of the voters); ${hint}`, { dataAgeMs: raft.dataAgeMs() });
+    try {
+      await raft.readBarrier();
+    } catch (err) {
+      if (err instanceof ReadTimeoutError || err instanceof NotLeaderError) {
+        throw new NoQuorumError(`no quorum: no linearizable read point (${err.message}); ${hint}`, { dataAgeMs: raft.dataAgeMs() });
+      }
+      throw err;
+    }
+    return { consistency: 'linearizable', dataAgeMs: 0 };
+  }
+
+  private requireRaft(): RaftNode {
     const raft = this.raftNode;
     if (raft === null || this.state.getClusterId() === null) {
       throw new ClusterError('cluster_not_initialized', 'this node does not belong to a cluster yet: run `novacron cluster init` or join one');
     }
-    return (await raft.propose(encodeCommand(cmd))) as ApplyResult;
+    return raft;
+  }
+
+  private get leaderWaitMs(): number {
+    const c = this.options.config;
+    return leaderWaitElectionTimeouts * c.electionTimeoutTicks * c.tickIntervalMs;
+  }
+
+  /** Runs a request on the leader, here or over the mesh, retrying across leader changes while it surely was not taken. */
+  private async submit(req: PeerRequest): Promise<ApplyResult> {
+    const raft = this.requireRaft();
+    encodeCommand(req.command); // a malformed command is refused here (400), not by the leader
+    const self = this.options.mesh.peerId;
+    let avoid: string | null = null;
+    let lastError: unknown = null;
+    for (let attempt = 1; attempt <= forwardAttemptsMax; attempt++) {
+      const leader = await this.awaitLeader(raft, avoid);
+      try {
+        if (leader === self) return await this.executeAsLeader(raft, req);
+        const result = await this.options.mesh.protocols.request(leader, clusterProtocol, req, {
+          validate: validateApplyResult,
+          timeoutMs: this.options.config.proposalTimeoutMs + this.options.config.readTimeoutMs,
+        });
+        // Answer once it is applied here too: the caller's next read on this node sees its write.
+        await raft.waitApplied(result.index, this.options.config.proposalTimeoutMs);
+        return result;
+      } catch (err) {
+        if (!leaderDidNotTakeIt(err)) throw fromLeader(err, leader);
+        lastError = err;
+        avoid = leader;
+      }
+    }
+    throw new NoQuorumError(`no quorum: the write found no leader that would take it after ${forwardAttemptsMax} attempts (${errorText(lastError)})`);
+  }
+
+  /** The leader's side of a request (forwarded by a peer, or this node's own). */
+  private async executeAsLeader(raft: RaftNode, req: PeerRequest): Promise<ApplyResult> {
+    if (req.op === 'removeNode') return this.removeNodeAsLeader(raft, req.command);
+    return (await raft.propose(encodeCommand(req.command))) as ApplyResult;
+  }
+
+  /** A member's forwarded request: this node must be the leader (else not_leader, and the sender retries). */
+  private async onPeerRequest(req: PeerRequest, peer: string): Promise<ApplyResult> {
+    const raft = this.requireRaft();
+    const s = raft.status();
+    if (s.role !== 'leader') throw new NotLeaderError(s.leader);
+    this.options.logger.debug({ peer, op: req.op, type: req.command.type }, 'forwarded request');
+    return this.executeAsLeader(raft, req);
+  }
+
+  /**
+   * Waits for a known leader other than `avoid` (the one that just failed us), up to a few election timeouts;
+   * returns `avoid` again if it is still the leader then, and throws no_quorum if there is none.
+   */
+  private async awaitLeader(raft: RaftNode, avoid: string | null): Promise<string> {
+    const deadline = Date.now() + this.leaderWaitMs;
+    for (;;) {
+      const leader = raft.status().leader;
+      if (leader !== null && leader !== avoid) return leader;
+      if (Date.now() >= deadline) {
+        if (leader !== null) return leader;
+        throw new NoQuorumError(`no quorum: no leader for ${this.leaderWaitMs} ms (this node cannot reach a majority of the voters); the write was not made`, { dataAgeMs: raft.dataAgeMs() });
+      }
+      await sleep(leaderPollIntervalMs);
+    }
   }
 
   /** Creates an API token; the secret (`ncapi_…`) is returned once. */
@@ -299,17 +479,18 @@ export class ClusterService {
   }
 
   /**
-   * Joins a cluster with a join token: the mesh presents it to the issuer; when the issuer's cluster runs Raft
-   * (it then admitted this node as a learner), Raft opens here with no bootstrap voters and catches up from the
-   * leader (log or snapshot). The joined marker is written first so that a restart reopens Raft.
+   * Joins a cluster with a join token: the mesh presents it (with the name and site this node asks for) to a
+   * member; when the cluster runs Raft, that member redeemed it through Raft (this node is now a learner member)
+   * and Raft opens here with no bootstrap voters and catches up from the leader (log or snapshot). The joined
+   * marker is written first so that a restart reopens Raft.
    */
-  async join(token: string): Promise<ClusterJoinResult> {
+  async join(token: string, joiner: { name?: string | undefined; site?: string | undefined } = {}): Promise<ClusterJoinResult> {
     if (this.raftNode !== null || this.state.getClusterId() !== null || this.initialising || this.joining) {
       throw new ClusterAlreadyInitializedError(this.state.getClusterId());
     }
     this.joining = true;
     try {
-      const result = await this.options.mesh.join(token);
+      const result = await this.options.mesh.join(token, { name: joiner.name ?? memberNameFrom(this.options.nodeName), site: joiner.site });
       const raft = parseJoinRaftInfo(result.extra?.raft);
       if (raft === null) return result;
       writeJoinedMarker(this.options.raftDir, raft.clusterId);
@@ -321,35 +502,171 @@ export class ClusterService {
     }
   }
 
-  /** Issuer side, before the mesh redeems a token: a Raft-initialised node admits joiners only as the leader. */
-  private checkJoin(_peer: string): void {
-    const raft = this.raftNode;
-    if (raft === null || this.state.getClusterId() === null) return; // no Raft: a plain mesh join
-    const s = raft.status();
-    if (s.role !== 'leader') throw new NotLeaderError(s.leader);
+  /**
+   * Member side of a join (the mesh's hook): in a Raft cluster the token is redeemed through Raft, which adds the
+   * joiner as a learner member in the same entry; the leader's reconcile loop then adds it to the configuration.
+   * Null before the cluster exists: the mesh's own token store handles it.
+   */
+  private async redeemJoin(peer: string, token: JoinTokenPayload, joiner: JoinerInfo): Promise<Record<string, unknown> | null> {
+    const clusterId = this.state.getClusterId();
+    if (this.raftNode === null || clusterId === null) return null;
+    if (token.c !== clusterId) throw new JoinTokenError(JoinTokenCode.wrongCluster, `join token is for cluster ${token.c}, this is ${clusterId}`);
+    const name = joiner.name ?? memberNameFrom(`node-${peer.slice(-12)}`);
+    const at = Date.now();
+    await this.propose({
+      type: 'joinToken.use',
+      at,
+      actor: { kind: 'node', id: peer, name },
+      from: joiner.addrs[0] ?? null,
+      id: token.i,
+      secretHash: hashJoinSecret(token.s),
+      node: { id: peer, name, addresses: withPeerId(memberAddresses(joiner.addrs), peer), site: joiner.site ?? '' },
+    });
+    const s = this.requireRaft().status();
+    const info: JoinRaftInfo = { clusterId, leader: s.leader ?? this.options.mesh.peerId, voters: [...s.conf.voters], learners: [...s.conf.learners] };
+    this.options.logger.info({ peer, name, clusterId, tokenId: token.i }, 'admitted a joiner as a learner member');
+    return { raft: info };
   }
 
-  /** Issuer side, after the mesh admitted `peer`: adds it as a learner member (state, then Raft configuration). */
-  private async admitJoiner(peer: string, addrs: string[]): Promise<Record<string, unknown> | undefined> {
-    const raft = this.raftNode;
+  // ---- join tokens: in Raft once the cluster exists, else the mesh's own store ----
+
+  /** Creates a one-time join token; its bootstrap addresses are this node's and the voters' (any member admits). */
+  async createJoinToken(ttlMs: number, origin: Origin): Promise<{ token: string; info: JoinTokenInfo }> {
     const clusterId = this.state.getClusterId();
-    if (raft === null || clusterId === null) return undefined;
-    if (this.state.getMember(peer) === null) {
-      await this.propose({
-        type: 'member.add',
-        at: Date.now(),
-        actor: { kind: 'system', id: this.options.mesh.peerId, name: 'cluster join' },
-        from: null,
-        node: { id: peer, name: memberNameFrom(`node-${peer.slice(-12)}`), addresses: memberAddresses(addrs), site: '' },
+    if (this.raftNode === null || clusterId === null) return this.options.mesh.createJoinToken(ttlMs);
+    const id = randomBytes(joinTokenIdBytes).toString('hex');
+    const secret = randomBytes(joinTokenSecretBytes).toString('base64url');
+    const expiresAt = Date.now() + ttlMs;
+    await this.propose({ type: 'joinToken.create', at: Date.now(), actor: origin.actor, from: origin.from, id, secretHash: hashJoinSecret(secret), expiresAt });
+    const token = encodeJoinToken({ v: 1, c: clusterId, i: id, s: secret, b: this.joinBootstrapAddrs(), e: expiresAt });
+    const record = this.state.listJoinTokens().find((t) => t.id === id);
+    if (record === undefined) throw new NovaError('internal', `join token ${id} was applied but is not in the state`);
+    return { token, info: joinTokenInfo(record, Date.now()) };
+  }
+
+  listJoinTokens(): JoinTokenInfo[] {
+    if (this.raftNode === null || this.state.getClusterId() === null) return this.options.mesh.listJoinTokens();
+    const now = Date.now();
+    return this.state.listJoinTokens().map((t) => joinTokenInfo(t, now));
+  }
+
+  async revokeJoinToken(id: string, origin: Origin): Promise<JoinTokenInfo> {
+    if (this.raftNode === null || this.state.getClusterId() === null) return this.options.mesh.revokeJoinToken(id);
+    if (!this.state.listJoinTokens().some((t) => t.id === id)) throw new JoinTokenError(JoinTokenCode.notFound, `no join token ${id}`);
+    const result = await this.propose({ type: 'joinToken.revoke', at: Date.now(), actor: origin.actor, from: origin.from, id });
+    return joinTokenInfo(result.value as JoinToken, Date.now());
+  }
+
+  /** This node's addresses, then the other voters' and members' (routable before loopback), each ending in /p2p/. */
+  private joinBootstrapAddrs(): string[] {
+    const self = this.options.mesh.peerId;
+    const voters = new Set(this.raftNode?.status().conf.voters ?? []);
+    const others = this.state
+      .listMembers()
+      .filter((m) => m.id !== self)
+      .sort((a, b) => Number(voters.has(b.id)) - Number(voters.has(a.id)));
+    const all = [...withPeerId(this.options.mesh.addresses(), self), ...others.flatMap((m) => withPeerId(m.addresses, m.id))];
+    const isLoopback = (a: string): boolean => a.startsWith('/ip4/127.') || a.startsWith('/ip6/::1/');
+    return [...new Set([...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)])].slice(0, joinTokenBootstrapMax);
+  }
+
+  // ---- nodes ----
+
+  /** Members with how this node sees them; before `cluster init`, the mesh's members (no Raft role, names from telemetry). */
+  listNodes(): NodeView[] {
+    if (this.state.getClusterId() !== null) return this.state.listMembers().map((m) => this.nodeView(m));
+    const { mesh } = this.options;
+    const names = new Map(mesh.viewList().map((v) => [v.nodeId, v.sample.name]));
+    return mesh.membership.list().map((e) =>
+      this.nodeView({
+        id: e.peer,
+        name: memberNameFrom(names.get(e.peer) ?? (e.peer === mesh.peerId ? this.options.nodeName : `node-${e.peer.slice(-12)}`)),
         role: 'learner',
-      });
+        addresses: [],
+        site: '',
+        joinedAt: e.sinceMs,
+        status: 'active',
+      }),
+    );
+  }
+
+  /** A member by node id or name; not_found otherwise. */
+  getNode(ref: string): NodeView {
+    return this.nodeView(this.findMember(ref));
+  }
+
+  /** Renames a member or sets its site (voters are spread over sites). */
+  async updateNode(ref: string, change: { name?: string | undefined; site?: string | undefined }, origin: Origin): Promise<NodeView> {
+    const m = this.findMember(ref);
+    await this.propose({
+      type: 'member.update',
+      at: Date.now(),
+      actor: origin.actor,
+      from: origin.from,
+      id: m.id,
+      ...(change.name === undefined ? {} : { name: change.name }),
+      ...(change.site === undefined ? {} : { site: change.site }),
+    });
+    return this.getNode(m.id);
+  }
+
+  /**
+   * Removes a member: the leader takes it out of the Raft configuration first (handing leadership over if it is the
+   * one removed), then out of the member list; from then on the mesh refuses it. The last voter cannot be removed.
+   */
+  async removeNode(ref: string, origin: Origin): Promise<Member> {
+    const m = this.findMember(ref);
+    await this.submit({ op: 'removeNode', command: { type: 'member.remove', at: Date.now(), actor: origin.actor, from: origin.from, id: m.id } });
+    return m;
+  }
+
+  private async removeNodeAsLeader(raft: RaftNode, cmd: CommandOf<'member.remove'>): Promise<ApplyResult> {
+    const id = cmd.id;
+    if (this.state.getMember(id) === null) throw new ClusterError('not_found', `no member ${id}`);
+    const s = raft.status();
+    if (s.conf.voters.includes(id)) {
+      if (s.conf.voters.length <= 1) throw new ClusterError('conflict', 'cannot remove the last voter of the cluster');
+      if (id === raft.id) {
+        // A leader cannot take itself out: hand leadership to the most caught-up voter; the caller retries there.
+        const progress = raft.progress();
+        const to = s.conf.voters.filter((v) => v !== id).sort((a, b) => (progress.get(b)?.match ?? 0) - (progress.get(a)?.match ?? 0))[0];
+        if (to === undefined) throw new ClusterError('conflict', 'no other voter to hand leadership to');
+        raft.transferLeader(to);
+        throw new NotLeaderError(to);
+      }
     }
-    const conf = raft.status().conf;
-    if (!conf.voters.includes(peer) && !conf.learners.includes(peer)) await this.proposeConf(raft, { type: 'addLearner', nodeId: peer });
-    const after = raft.status();
-    const info: JoinRaftInfo = { clusterId, leader: after.leader ?? this.options.mesh.peerId, voters: [...after.conf.voters], learners: [...after.conf.learners] };
-    this.options.logger.info({ peer, clusterId }, 'admitted a joiner as a raft learner');
-    return { raft: info };
+    if (s.conf.voters.includes(id) || s.conf.learners.includes(id)) await this.proposeConf(raft, { type: 'removeNode', nodeId: id });
+    const result = (await raft.propose(encodeCommand(cmd))) as ApplyResult;
+    this.unhealthySinceMs.delete(id);
+    this.options.logger.info({ nodeId: id }, 'removed a member');
+    return result;
+  }
+
+  private findMember(ref: string): Member {
+    const m = this.state.getMember(ref) ?? this.state.listMembers().find((x) => x.name === ref) ?? null;
+    if (m === null) throw new ClusterError('not_found', `no node ${ref} in this cluster`);
+    return m;
+  }
+
+  private nodeView(m: Member): NodeView {
+    const { mesh } = this.options;
+    const self = mesh.peerId;
+    const s = this.raftNode?.status() ?? null;
+    const raftRole: NodeView['raftRole'] =
+      s === null ? 'none' : s.leader === m.id ? 'leader' : s.conf.voters.includes(m.id) ? 'voter' : s.conf.learners.includes(m.id) ? 'learner' : 'none';
+    const view = mesh.viewList().find((v) => v.nodeId === m.id);
+    const connected = m.id === self || mesh.peers().some((p) => p.peer === m.id);
+    const match = s?.role === 'leader' ? (m.id === self ? (this.raftNode?.lastIndex() ?? null) : (this.raftNode?.progress().get(m.id)?.match ?? null)) : null;
+    return {
+      ...m,
+      addresses: [...m.addresses],
+      raftRole,
+      self: m.id === self,
+      reachable: connected || view?.status === 'reachable',
+      rttMs: m.id === self ? 0 : (mesh.linkTo(m.id)?.rttMs ?? null),
+      match,
+      telemetry: view === undefined ? null : { ageMs: view.ageMs, sample: view.sample },
+    };
   }
 
   /** Proposes a membership change, retrying while another one is still uncommitted (up to the proposal timeout). */
@@ -366,43 +683,85 @@ export class ClusterService {
     }
   }
 
-  /**
-   * Leader only: reconciles member roles with the Raft configuration, then, while there are fewer voters than
-   * settings.desiredVoters, promotes one caught-up learner (match within learnerCatchUpMaxLag of the last index).
-   */
-  private async promoteOnce(): Promise<void> {
+  /** Leader only: makes up to reconcileActionsPerRoundMax membership changes that voters.ts asks for. */
+  private async reconcileOnce(): Promise<void> {
     const raft = this.raftNode;
-    if (raft === null || this.state.getClusterId() === null || this.promoting || this.stopped) return;
-    if (raft.status().role !== 'leader') return;
-    this.promoting = true;
-    const actor: Actor = { kind: 'system', id: this.options.mesh.peerId, name: 'voter promotion' };
-    try {
-      const conf = raft.status().conf;
-      for (const id of conf.voters) {
-        if (this.state.getMember(id)?.role === 'learner') await this.propose({ type: 'member.setRole', at: Date.now(), actor, from: null, id, role: 'voter' });
-      }
-      if (conf.votersOutgoing.length > 0 || conf.voters.length >= this.state.getSettings().desiredVoters) return;
-      const last = raft.lastIndex();
-      const progress = raft.progress();
-      const candidate = conf.learners.find((id) => this.state.getMember(id) !== null && (progress.get(id)?.match ?? 0) >= last - learnerCatchUpMaxLag);
-      if (candidate === undefined) return;
-      await this.proposeConf(raft, { type: 'addVoter', nodeId: candidate });
-      await this.propose({ type: 'member.setRole', at: Date.now(), actor, from: null, id: candidate, role: 'voter' });
-      this.options.logger.info({ nodeId: candidate, voters: raft.status().conf.voters }, 'promoted a learner to voter');
-    } catch (err) {
-      this.options.logger.warn({ err }, 'voter promotion failed; will retry');
-    } finally {
-      this.promoting = false;
+    if (raft === null || this.state.getClusterId() === null || this.reconciling || this.stopped) return;
+    if (raft.status().role !== 'leader') {
+      this.unhealthySinceMs.clear(); // a new leader starts its own clock
+      return;
     }
+    this.reconciling = true;
+    try {
+      for (let i = 0; i < reconcileActionsPerRoundMax && !this.stopped; i++) {
+        const s = raft.status();
+        if (s.role !== 'leader') return;
+        const action = nextVoterAction(this.voterInputs(raft, s));
+        if (action === null) return;
+        await this.applyVoterAction(raft, action);
+      }
+    } catch (err) {
+      this.options.logger.warn({ err }, 'membership reconcile failed; will retry');
+    } finally {
+      this.reconciling = false;
+    }
+  }
+
+  private voterInputs(raft: RaftNode, s: RaftStatus): VoterInputs {
+    const { mesh } = this.options;
+    const self = mesh.peerId;
+    const now = Date.now();
+    const members = this.state.listMembers();
+    const connected = new Set(mesh.peers().map((p) => p.peer));
+    const fresh = new Set(mesh.viewList().filter((v) => v.status === 'reachable').map((v) => v.nodeId));
+    const healthy = new Set<string>([self]);
+    const rttMs = new Map<string, number>();
+    for (const m of members) {
+      if (m.id === self) continue;
+      if (connected.has(m.id) || fresh.has(m.id)) {
+        healthy.add(m.id);
+        this.unhealthySinceMs.delete(m.id);
+      } else if (!this.unhealthySinceMs.has(m.id)) this.unhealthySinceMs.set(m.id, now);
+      const rtt = mesh.linkTo(m.id)?.rttMs;
+      if (rtt !== null && rtt !== undefined) rttMs.set(m.id, rtt);
+    }
+    const match = new Map([...raft.progress()].map(([id, p]) => [id, p.match]));
+    return { self, members, conf: s.conf, lastIndex: raft.lastIndex(), match, healthy, unhealthySinceMs: this.unhealthySinceMs, rttMs, nowMs: now, settings: this.state.getSettings() };
+  }
+
+  private async applyVoterAction(raft: RaftNode, action: VoterAction): Promise<void> {
+    const actor: Actor = { kind: 'system', id: this.options.mesh.peerId, name: 'membership reconcile' };
+    const setRole = (id: string, role: 'voter' | 'learner'): Promise<ApplyResult> => this.propose({ type: 'member.setRole', at: Date.now(), actor, from: null, id, role });
+    switch (action.kind) {
+      case 'removeFromConf':
+        await this.proposeConf(raft, { type: 'removeNode', nodeId: action.id });
+        break;
+      case 'addLearner':
+        await this.proposeConf(raft, { type: 'addLearner', nodeId: action.id });
+        break;
+      case 'setRole':
+        await setRole(action.id, action.role);
+        break;
+      case 'promote':
+        await this.proposeConf(raft, { type: 'addVoter', nodeId: action.id });
+        await setRole(action.id, 'voter');
+        break;
+      case 'demote':
+        await this.proposeConf(raft, { type: 'addLearner', nodeId: action.id });
+        await setRole(action.id, 'learner');
+        break;
+    }
+    this.options.logger.info({ action: action.kind, nodeId: action.id, reason: action.reason, voters: raft.status().conf.voters }, 'raft membership changed');
   }
 
   /** Closes Raft (transport, then storage). Call before the mesh stops. Idempotent. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.promotionTimer !== null) clearInterval(this.promotionTimer);
-    this.promotionTimer = null;
+    if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
+    this.reconcileTimer = null;
     this.options.mesh.setJoinHook(null);
+    await this.options.mesh.protocols.unhandle(clusterProtocol).catch(() => undefined);
     const raft = this.raftNode;
     this.raftNode = null;
     if (raft !== null) await raft.close(); // closes transport and storage
@@ -435,8 +794,8 @@ export class ClusterService {
       core: { electionTimeoutTicks: config.electionTimeoutTicks, heartbeatIntervalTicks: config.heartbeatIntervalTicks },
     });
     this.raftNode = raft;
-    this.promotionTimer = setInterval(() => void this.promoteOnce(), promotionIntervalMs);
-    this.promotionTimer.unref();
+    this.reconcileTimer = setInterval(() => void this.reconcileOnce(), reconcileIntervalMs);
+    this.reconcileTimer.unref();
     this.options.onRaftStarted?.(raft);
     logger.info({ nodeId: mesh.peerId, voters: bootstrap?.voters ?? null }, 'raft started');
     return raft;
@@ -449,6 +808,50 @@ export class ClusterService {
       await new Promise((r) => setTimeout(r, leaderPollIntervalMs));
     }
   }
+}
+
+/** Errors after which the leader surely did not take the write, so trying again (at the new leader) is safe. */
+function leaderDidNotTakeIt(err: unknown): boolean {
+  if (err instanceof NotLeaderError || err instanceof ProposalDroppedError) return true;
+  if (err instanceof MeshRemoteError) {
+    const code = err.details?.remoteCode;
+    return code === 'not_leader' || code === 'proposal_dropped' || code === 'cluster_not_initialized';
+  }
+  // The stream never opened: nothing reached the leader.
+  return err instanceof MeshPeerUnreachableError || err instanceof MeshStreamRefusedError;
+}
+
+/** A failure of a forwarded request as this node reports it: the leader's own refusal keeps its code. */
+function fromLeader(err: unknown, leader: string): unknown {
+  if (err instanceof MeshRemoteError) {
+    const code = err.details?.remoteCode;
+    return new RemoteClusterError(typeof code === 'string' ? code : 'internal', err.message.replace(/^.*?answered: /, ''), leader);
+  }
+  if (err instanceof MeshTimeoutError) return new WriteOutcomeUnknownError(`the leader ${leader} did not answer in time: the write may or may not have been applied; check before retrying`, err);
+  return err;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Addresses as a join token and the member list carry them: each ending in /p2p/<peer id>. */
+function withPeerId(addrs: readonly string[], peer: string): string[] {
+  return addrs.map((a) => (a.includes('/p2p/') ? a : `${a}/p2p/${peer}`));
+}
+
+function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
+}
+
+/** A replicated join token in the shape the mesh's own tokens have (REST and CLI show both alike). */
+function joinTokenInfo(t: JoinToken, nowMs: number): JoinTokenInfo {
+  const state = t.revokedAt !== null ? 'revoked' : t.usedBy !== null ? 'used' : t.expiresAt <= nowMs ? 'expired' : 'active';
+  return { id: t.id, state, createdAt: new Date(t.createdAt).toISOString(), expiresAt: new Date(t.expiresAt).toISOString(), usedAt: iso(t.usedAt), usedBy: t.usedBy, revokedAt: iso(t.revokedAt) };
 }
 
 function parseJoinRaftInfo(v: unknown): JoinRaftInfo | null {

@@ -31,6 +31,11 @@ for p in g++ make python3; do command -v "$p" >/dev/null 2>&1 || need "$p"; done
 if [ "$want_netns" = 1 ]; then need iproute2; fi
 if [ "$want_chromium" = 1 ]; then need chromium; fi
 if [ "$want_etcd" = 1 ]; then need etcd-server; need etcd-client; fi
+# The demo guest (packaging/guest/build.sh) is built from the distribution kernel, a static busybox and a
+# statically linked memtouch; qemu-utils (qemu-img) comes with QEMU below.
+if [ "$want_qemu" = 1 ]; then
+  for p in linux-image-amd64 busybox-static cpio gcc libc6-dev e2fsprogs util-linux; do need "$p"; done
+fi
 
 qemu_ok=1
 if [ "$want_qemu" = 1 ]; then

@@ -1,7 +1,7 @@
 // Proves bearer-token auth on a real node process: before `cluster init` loopback callers need no token; after
 // it, missing/wrong/revoked tokens get 401 and too weak roles 403 (problem+json; CLI exit 4); an admin creates
 // viewer and operator tokens (secret once, no-store), lists (no secrets) and revokes them; the last admin
-// token cannot be revoked; /v1/audit records token.create/token.revoke with actor and client address; malformed
+// token cannot be revoked; /v1/audit records token.create/token.revoke (and the refused revoke) with actor and client address; malformed
 // bodies and queries get 400 problem+json.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -140,8 +140,10 @@ describe('bearer-token auth on a node process', () => {
     const audit = await runCli(['audit', '--api', url, '--json', '--token', operator.secret]);
     expect(audit.code, audit.stderr).toBe(0);
     const page = JSON.parse(audit.stdout) as { records: AuditRecord[]; firstSeq: number; nextSeq: number };
-    expect(page.records.map((r) => r.action)).toEqual(['cluster.init', 'token.create', 'token.create', 'token.revoke']);
-    const [, createdViewer, createdOp, revoked] = page.records;
+    expect(page.records.map((r) => r.action)).toEqual(['cluster.init', 'token.create', 'token.create', 'token.revoke', 'token.revoke']);
+    const [, createdViewer, createdOp, revoked, refused] = page.records;
+    // The refused revoke of the last admin token reached the log, so it is on record too (unknown ids never do).
+    expect(refused).toMatchObject({ action: 'token.revoke', target: adminId, outcome: 'refused', error: 'conflict', actor: { id: adminId } });
     for (const r of [createdViewer, createdOp, revoked]) {
       expect(r).toMatchObject({ actor: { kind: 'token', id: adminId, name: 'initial-admin' }, from: '127.0.0.1', outcome: 'ok' });
       expect(r?.at).toBeGreaterThan(Date.now() - 60_000);

@@ -1,9 +1,9 @@
-// Proves joining an initialised cluster through Raft with three real node processes: node 1 runs `cluster init`,
-// nodes 2 and 3 join with join tokens created on node 1 (CLI); the leader admits each as a learner and promotes
-// caught-up learners to voters, so within a bound node 1's status shows 3 voters and nodes 2 and 3 report the same
-// cluster id, node 1 as leader and commit/applied close to node 1's; a join presented to a follower is refused with
-// not_leader naming the leader; an API token created on node 1 after the joins is accepted by node 2 (replicated
-// state); node 2 restarted on its data dir reopens Raft and catches up.
+// Proves forming a cluster through Raft with real node processes and the CLI: node 1 runs `cluster init`, node 2
+// joins with a token from node 1 and node 3 with a token from node 2 (a follower: join tokens live in Raft, so any
+// member admits); joiners become learners under the name and site they ask for and the leader promotes them to 3
+// voters; writes are accepted on followers (forwarded to the leader) and read back linearizably on another node; a
+// 4th node stays a learner (3 voters below 5 members), is removed with `node remove` from a follower and then gets
+// nothing (its streams are refused); node 2 restarted on its data dir reopens Raft and catches up.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -88,12 +88,16 @@ describe('joining an initialised cluster through Raft', () => {
     const { adminToken, clusterId } = JSON.parse(init.stdout) as { adminToken: string; clusterId: string };
     admin = adminToken;
 
-    for (const joiner of [n2, n3]) {
-      const r = await cli(joiner, ['cluster', 'join', await joinToken(n1)]);
+    for (const [joiner, issuer, site] of [[n2, n1, 'site-a'], [n3, n2, 'site-b']] as const) {
+      const token = await joinToken(issuer);
+      const r = await cli(joiner, ['cluster', 'join', token, '--site', site]);
       expect(r.code, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout) as { clusterId: string; issuer: string; raft?: { clusterId: string; leader: string; voters: string[] } };
-      expect(out).toMatchObject({ clusterId, issuer: n1.peerId, raft: { clusterId, leader: n1.peerId } });
+      expect(out).toMatchObject({ clusterId, issuer: issuer.peerId, raft: { clusterId, leader: n1.peerId } });
       expect(out.raft?.voters).toContain(n1.peerId);
+      // The token was used up through Raft: a second use is refused, wherever it is presented.
+      const again = await cli(procs[0] === joiner ? n3 : joiner, ['cluster', 'join', token]);
+      expect(again.code).not.toBe(0);
     }
 
     // Promotion: the leader keeps 3 voters, so both caught-up learners become voters.
@@ -103,6 +107,8 @@ describe('joining an initialised cluster through Raft', () => {
     });
     expect(s1.members.map((m) => m.id).sort()).toEqual([n1.peerId, n2.peerId, n3.peerId].sort());
     expect(s1.raft).toMatchObject({ role: 'leader', leader: n1.peerId });
+    const nodes = JSON.parse((await cli(n3, ['node', 'list'], admin)).stdout) as Array<{ id: string; name: string; site: string; raftRole: string }>;
+    expect(nodes.map((n) => [n.name, n.site, n.raftRole]).sort()).toEqual([['j1', '', 'leader'], ['j2', 'site-a', 'voter'], ['j3', 'site-b', 'voter']]);
 
     for (const p of [n2, n3]) {
       const s = await until(`${p.name} caught up`, async () => {
@@ -115,21 +121,44 @@ describe('joining an initialised cluster through Raft', () => {
       expect(s.raft).toMatchObject({ role: 'follower', leader: n1.peerId });
     }
 
-    // A join presented to a follower is refused with not_leader naming the leader (the token is not used up).
-    const spare = await startNode('j4');
-    procs.push(spare);
-    const followerToken = await joinToken(n2);
-    const refused = await cli(spare, ['cluster', 'join', followerToken]);
-    expect(refused.code).toBe(5);
-    const err = (JSON.parse(refused.stderr.split('\n').find((l) => l.startsWith('{')) ?? '{}') as { error?: { code?: string; message?: string } }).error;
-    expect(err?.code).toBe('not_leader');
-    expect(err?.message).toContain(n1.peerId);
-
-    // State created on node 1 after the joins reaches node 2's state machine.
-    const created = await cli(n1, ['token', 'create', '--name', 'after-join', '--role', 'viewer'], admin);
+    // Writes on a follower go to the leader and are answered once applied there: the next read on another node has it.
+    const created = await cli(n2, ['token', 'create', '--name', 'after-join', '--role', 'viewer'], admin);
     expect(created.code, created.stderr).toBe(0);
     const viewer = (JSON.parse(created.stdout) as { secret: string }).secret;
-    await until('node 2 accepts the new token', async () => (await status(n2, viewer)) !== null);
+    const listed = await cli(n3, ['token', 'list'], admin);
+    expect(JSON.parse(listed.stdout)).toMatchObject({ tokens: expect.arrayContaining([expect.objectContaining({ name: 'after-join' })]) as unknown });
+    expect((await status(n3, viewer))?.clusterId).toBe(clusterId);
+    const moved = await cli(n3, ['node', 'set', 'j1', '--site', 'site-c'], admin);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(JSON.parse(moved.stdout)).toMatchObject({ name: 'j1', site: 'site-c' });
+
+    // A 4th node joins through a follower and stays a learner: 3 voters until there are 5 members.
+    const spare = await startNode('j4');
+    procs.push(spare);
+    const joined = await cli(spare, ['cluster', 'join', await joinToken(n3)]);
+    expect(joined.code, joined.stderr).toBe(0);
+    await until('j4 replicated as a learner', async () => {
+      const r = await cli(n1, ['node', 'show', 'j4'], admin);
+      return r.code === 0 && (JSON.parse(r.stdout) as { raftRole: string; match: number | null }).raftRole === 'learner';
+    });
+    await new Promise((r) => setTimeout(r, 1_500)); // a few reconcile rounds: no promotion beyond 3 voters
+    expect((await status(n1))?.members.filter((m) => m.role === 'voter')).toHaveLength(3);
+
+    // Removed from a follower: out of the Raft configuration and the member list; then it gets nothing.
+    const removed = await cli(n2, ['node', 'remove', 'j4'], admin);
+    expect(removed.code, removed.stderr).toBe(0);
+    await until('j4 gone from every node', async () => {
+      const all = await Promise.all([n1, n2, n3].map((p) => status(p)));
+      return all.every((s) => s !== null && s.members.length === 3 && !s.members.some((m) => m.id === spare.peerId));
+    });
+    const meshStatus = async (p: NodeProc): Promise<{ refusedStreams: number }> =>
+      (await (await fetch(`${p.url}/v1/mesh/status`, { headers: { authorization: `Bearer ${admin}` } })).json()) as { refusedStreams: number };
+    const refusedBefore = (await Promise.all([n1, n2, n3].map(meshStatus))).reduce((a, s) => a + s.refusedStreams, 0);
+    // Cut off from its leader, the removed node campaigns; every member refuses its streams.
+    await until('members refuse the removed node', async () => (await Promise.all([n1, n2, n3].map(meshStatus))).reduce((a, s) => a + s.refusedStreams, 0) > refusedBefore);
+    const audit = JSON.parse((await cli(n1, ['audit', '--limit', '1000'], admin)).stdout) as { records: Array<{ action: string; target: string; outcome: string }> };
+    expect(audit.records).toContainEqual(expect.objectContaining({ action: 'member.remove', target: spare.peerId, outcome: 'ok' }));
+    expect(audit.records.filter((r) => r.action === 'joinToken.use' && r.outcome === 'ok')).toHaveLength(3);
   }, 90_000);
 
   it('a restarted joiner reopens Raft and catches up', async () => {

@@ -1,6 +1,6 @@
 // Proves the pure parts of the cluster service: what counts as an initialised Raft store, the durable bootstrap
 // configuration, the first admin token (random secret, only its hash leaves), the cluster.init command (valid
-// against the state machine, which applies it), member names and addresses, and the OR-ed membership gate.
+// against the state machine, which applies it), and member names and addresses.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,6 @@ import {
   memberAddressesMax,
   memberNameFrom,
   readBootstrapConf,
-  unionMembers,
   writeBootstrapConf,
 } from '../../node/cluster/bootstrap.js';
 import { hash32 } from '../../node/cluster/service.js';
@@ -101,13 +100,6 @@ describe('buildInitCommand', () => {
     // Only the hash is in the log.
     expect(new TextDecoder().decode(encodeCommand(cmd))).not.toContain(token.secret);
     expect(() => sm.apply(encodeCommand(cmd), 3)).toThrow(expect.objectContaining({ code: 'cluster_already_initialized' }) as Error);
-  });
-});
-
-describe('unionMembers', () => {
-  it('admits a peer that either provider admits', () => {
-    const gate = unionMembers({ isMember: (p) => p === 'a' }, { isMember: (p) => p === 'b' });
-    expect(['a', 'b', 'c'].map((p) => gate.isMember(p))).toEqual([true, true, false]);
   });
 });
 

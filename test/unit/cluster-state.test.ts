@@ -8,6 +8,7 @@ import {
   clusterSchemaVersion,
   commandBytesMax,
   decodeCommand,
+  decodeSnapshot,
   encodeCommand,
   hashSecret,
   migrate,
@@ -44,9 +45,9 @@ class Harness {
     const cmd = { type, at: opts.at ?? this.at++, actor: opts.actor ?? admin, from: '192.0.2.1', ...body } as unknown as ClusterCommand;
     return this.sm.apply(encodeCommand(cmd), ++this.index);
   }
-  /** Runs a command expected to be refused; returns the code and checks nothing changed. */
+  /** Runs a command expected to be refused; returns the code and checks nothing changed but the audit record of the refusal. */
   refused<T extends ClusterCommand['type']>(type: T, body: Body<T>, opts: { actor?: Actor; at?: number } = {}): string {
-    const before = this.sm.snapshot();
+    const before = decodeSnapshot(this.sm.snapshot());
     let code = '(no error)';
     try {
       this.run(type, body, opts);
@@ -54,7 +55,15 @@ class Harness {
       expect(err).toBeInstanceOf(ClusterError);
       code = (err as ClusterError).code;
     }
-    expect(Buffer.from(this.sm.snapshot()).equals(Buffer.from(before))).toBe(true);
+    const after = decodeSnapshot(this.sm.snapshot());
+    expect({ ...after, audit: [], auditNextSeq: 0 }).toEqual({ ...before, audit: [], auditNextSeq: 0 });
+    if (before.clusterId !== null) {
+      // An initialised cluster records the refusal (deterministically, so every replica has it).
+      expect(after.auditNextSeq).toBe(before.auditNextSeq + 1);
+      expect(after.audit.at(-1)).toMatchObject({ seq: before.auditNextSeq, action: type, outcome: 'refused', error: code });
+    } else {
+      expect(after.auditNextSeq).toBe(before.auditNextSeq);
+    }
     return code;
   }
 }
@@ -92,7 +101,7 @@ describe('cluster.init and settings', () => {
   it('updates settings', () => {
     const h = initialized();
     h.run('settings.update', { settings: { voterReplaceAfterMs: 5_000 } });
-    expect(h.sm.getSettings()).toEqual({ desiredVoters: 3, voterReplaceAfterMs: 5_000 });
+    expect(h.sm.getSettings()).toEqual({ desiredVoters: 5, voterReplaceAfterMs: 5_000 });
   });
 });
 
@@ -295,14 +304,17 @@ describe('join tokens', () => {
 });
 
 describe('audit', () => {
-  it('records every successful change, not refusals', () => {
+  it('records every change and every refusal that reached the log, with who, when and from where', () => {
     const h = withVm();
     const n = h.sm.auditPage().records.length;
-    h.refused('vm.delete', { id: 'nope' });
-    expect(h.sm.auditPage().records.length).toBe(n);
+    h.refused('vm.delete', { id: 'nope' }, { at: t0 + 4 });
     h.run('vm.setDesired', { id: 'vm1', desired: 'stopped' }, { at: t0 + 5 });
     const last = h.sm.auditPage(n).records;
-    expect(last).toEqual([{ seq: n + 1, at: t0 + 5, actor: admin, action: 'vm.setDesired', target: 'vm1', from: '192.0.2.1', outcome: 'ok' }]);
+    expect(last).toEqual([
+      { seq: n + 1, at: t0 + 4, actor: admin, action: 'vm.delete', target: 'nope', from: '192.0.2.1', outcome: 'refused', error: 'not_found' },
+      { seq: n + 2, at: t0 + 5, actor: admin, action: 'vm.setDesired', target: 'vm1', from: '192.0.2.1', outcome: 'ok' },
+    ]);
+    expect(h.events.at(-2)).toMatchObject({ type: 'audit.refused', ids: [String(n + 1)] });
   });
 
   it(`keeps at most ${auditRecordsMax} records, dropping the oldest, and pages by seq`, () => {

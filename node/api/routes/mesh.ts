@@ -1,6 +1,9 @@
 // The mesh over REST: status, connected peers, the telemetry view, join tokens (create, list, revoke) and
 // joining a cluster with a token. Schemas are TypeBox, so they validate and appear in OpenAPI.
 import Type from 'typebox';
+import { NameSchema, type Actor } from '../../../consensus/cluster/index.js';
+import { actorOf } from '../auth.js';
+import { ReadQuerySchema } from '../consistency.js';
 import type { Api } from '../server.js';
 import {
   TelemetrySampleSchema,
@@ -9,6 +12,7 @@ import {
   joinTokenTtlMsMax,
   joinTokenTtlMsMin,
   type JoinResult,
+  type JoinTokenInfo,
   type Mesh,
 } from '../../../mesh/index.js';
 
@@ -74,10 +78,27 @@ const ViewEntrySchema = Type.Object({
   sample: TelemetrySampleSchema,
 });
 
+/** Who made a change and from where (for the audit log of a Raft cluster). */
+export interface MeshRouteOrigin {
+  actor: Actor;
+  from: string | null;
+}
+
+/** Join tokens: the cluster service's (replicated in Raft once the cluster exists); default the mesh's own store. */
+export interface JoinTokenSource {
+  create(ttlMs: number, origin: MeshRouteOrigin): Promise<{ token: string; info: JoinTokenInfo }>;
+  list(): JoinTokenInfo[];
+  revoke(id: string, origin: MeshRouteOrigin): Promise<JoinTokenInfo>;
+}
+
 export interface MeshRouteDeps {
   mesh: Mesh;
   /** Joins with a token; default mesh.join. The node passes the cluster service's join (which also opens Raft). */
-  join?: (token: string) => Promise<JoinResult & { raft?: { clusterId: string; leader: string; voters: string[]; learners: string[] } }>;
+  join?: (
+    token: string,
+    joiner: { name?: string | undefined; site?: string | undefined },
+  ) => Promise<JoinResult & { raft?: { clusterId: string; leader: string; voters: string[]; learners: string[] } }>;
+  joinTokens?: JoinTokenSource;
 }
 
 const JoinRaftSchema = Type.Object(
@@ -90,7 +111,12 @@ const JoinRaftSchema = Type.Object(
   { description: 'Set when the cluster runs Raft: this node was admitted as a learner and opened Raft; it is promoted to voter once caught up' },
 );
 
-export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): void {
+export function registerMeshRoutes(app: Api, { mesh, join, joinTokens }: MeshRouteDeps): void {
+  const tokens: JoinTokenSource = joinTokens ?? {
+    create: async (ttlMs) => mesh.createJoinToken(ttlMs),
+    list: () => mesh.listJoinTokens(),
+    revoke: async (id) => mesh.revokeJoinToken(id),
+  };
   app.get(
     '/v1/mesh/status',
     { config: { auth: 'viewer' }, schema: { tags: ['mesh'], summary: 'This node\'s mesh identity, addresses, members and telemetry counters', response: { 200: MeshStatusSchema } } },
@@ -138,7 +164,7 @@ export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): voi
     },
     async (request, reply) => {
       const ttlSeconds = request.body?.ttlSeconds;
-      const { token, info } = mesh.createJoinToken(ttlSeconds === undefined ? joinTokenTtlMsDefault : ttlSeconds * 1000);
+      const { token, info } = await tokens.create(ttlSeconds === undefined ? joinTokenTtlMsDefault : ttlSeconds * 1000, { actor: actorOf(request), from: request.ip });
       void reply.code(201);
       return { token, ...info };
     },
@@ -146,8 +172,16 @@ export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): voi
 
   app.get(
     '/v1/mesh/join-tokens',
-    { config: { auth: 'admin' }, schema: { tags: ['mesh'], summary: 'Join tokens issued by this node (never their secrets)', response: { 200: Type.Object({ tokens: Type.Array(JoinTokenInfoSchema) }) } } },
-    async () => ({ tokens: mesh.listJoinTokens() }),
+    {
+      config: { auth: 'admin', read: true },
+      schema: {
+        tags: ['mesh'],
+        summary: 'Join tokens of the cluster (never their secrets); before `cluster init`, the ones this node issued',
+        querystring: ReadQuerySchema,
+        response: { 200: Type.Object({ tokens: Type.Array(JoinTokenInfoSchema) }), 400: problemRef, 503: problemRef },
+      },
+    },
+    async () => ({ tokens: tokens.list() }),
   );
 
   app.delete(
@@ -161,7 +195,7 @@ export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): voi
         response: { 200: JoinTokenInfoSchema, 404: problemRef },
       },
     },
-    async (request) => mesh.revokeJoinToken(request.params.id),
+    async (request) => tokens.revoke(request.params.id, { actor: actorOf(request), from: request.ip }),
   );
 
   app.post(
@@ -171,7 +205,14 @@ export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): voi
       schema: {
         tags: ['mesh'],
         summary: 'Make this node join the cluster of a join token (dials its bootstrap addresses; opens Raft as a learner when the cluster runs Raft)',
-        body: Type.Object({ token: Type.String({ minLength: 1, maxLength: joinTokenCharsMax }) }, { additionalProperties: false }),
+        body: Type.Object(
+          {
+            token: Type.String({ minLength: 1, maxLength: joinTokenCharsMax }),
+            name: Type.Optional({ ...NameSchema, description: 'Member name to ask for (a DNS label); default: node.name in lower case' }),
+            site: Type.Optional(Type.String({ maxLength: 63, description: 'Site label: voters are spread over distinct sites' })),
+          },
+          { additionalProperties: false },
+        ),
         response: {
           200: Type.Object({ clusterId: Type.String(), issuer: PeerIdSchema, members: Type.Array(PeerIdSchema), raft: Type.Optional(JoinRaftSchema) }),
           400: problemRef,
@@ -184,8 +225,8 @@ export function registerMeshRoutes(app: Api, { mesh, join }: MeshRouteDeps): voi
       },
     },
     async (request) => {
-      const doJoin: NonNullable<MeshRouteDeps['join']> = join ?? ((t) => mesh.join(t));
-      const { clusterId, issuer, members, raft } = await doJoin(request.body.token);
+      const doJoin: NonNullable<MeshRouteDeps['join']> = join ?? ((t, joiner) => mesh.join(t, joiner));
+      const { clusterId, issuer, members, raft } = await doJoin(request.body.token, { name: request.body.name, site: request.body.site });
       return raft === undefined ? { clusterId, issuer, members } : { clusterId, issuer, members, raft };
     },
   );

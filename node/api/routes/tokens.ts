@@ -4,6 +4,7 @@
 import Type, { type Static } from 'typebox';
 import { ApiRoleSchema, auditPageMax, type ApiToken, type AuditRecord } from '../../../consensus/cluster/index.js';
 import { actorOf } from '../auth.js';
+import { ReadQueryProperties, ReadQuerySchema } from '../consistency.js';
 import type { Api } from '../server.js';
 import type { ClusterService } from '../../cluster/service.js';
 
@@ -45,7 +46,8 @@ export const AuditRecordSchema = Type.Object({
   action: Type.String({ description: 'The command, e.g. token.create' }),
   target: Type.String({ description: 'Id of the record changed (or the cluster id)' }),
   from: Type.Union([Type.String(), Type.Null()], { description: 'Client address the change came from' }),
-  outcome: Type.Literal('ok'),
+  outcome: Type.Union([Type.Literal('ok'), Type.Literal('refused')], { description: '`refused`: the change reached the log but was refused (nothing changed)' }),
+  error: Type.Optional(Type.String({ description: 'Why it was refused: the error code' })),
 });
 
 const AuditPageSchema = Type.Object({
@@ -88,11 +90,12 @@ export function registerTokenRoutes(app: Api, { cluster }: TokenRouteDeps): void
   app.get(
     '/v1/tokens',
     {
-      config: { auth: 'admin' },
+      config: { auth: 'admin', read: true },
       schema: {
         tags: ['auth'],
         summary: 'API tokens, live and revoked (never their secrets or hashes)',
-        response: { 200: Type.Object({ tokens: Type.Array(ApiTokenSchema) }), ...authProblems },
+        querystring: ReadQuerySchema,
+        response: { 200: Type.Object({ tokens: Type.Array(ApiTokenSchema) }), 400: problemRef, ...authProblems, 503: problemRef },
       },
     },
     async () => ({ tokens: cluster.listTokens().map(tokenOut) }),
@@ -115,18 +118,19 @@ export function registerTokenRoutes(app: Api, { cluster }: TokenRouteDeps): void
   app.get(
     '/v1/audit',
     {
-      config: { auth: 'operator' },
+      config: { auth: 'operator', read: true },
       schema: {
         tags: ['auth'],
-        summary: 'Audit records (who, what, when, from where), oldest first, after a sequence number',
+        summary: 'Audit records (who, what, when, from where, outcome), oldest first, after a sequence number',
         querystring: Type.Object(
           {
+            ...ReadQueryProperties,
             after: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: 'Return records with seq > after' })),
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: auditPageMax, default: auditPageDefault })),
           },
           { additionalProperties: false },
         ),
-        response: { 200: AuditPageSchema, 400: problemRef, ...authProblems },
+        response: { 200: AuditPageSchema, 400: problemRef, ...authProblems, 503: problemRef },
       },
     },
     async (request) => {

@@ -1,9 +1,10 @@
-// `novacron cluster join-token create|list|revoke`, `novacron cluster join TOKEN` and `novacron node list`:
-// the mesh through the local node's REST API.
+// `novacron cluster join-token create|list|revoke` and `novacron cluster join TOKEN` through the local node's
+// REST API (join tokens live in Raft once the cluster exists; before, in the issuing node's mesh store).
 import type { Command } from 'commander';
 import type { ContextFactory } from '../program.js';
 import { parsePositiveInt } from '../program.js';
 import { keyValues, table } from '../output.js';
+import { readState } from './nodes.js';
 
 interface JoinTokenInfo {
   id: string;
@@ -13,27 +14,6 @@ interface JoinTokenInfo {
   usedAt: string | null;
   usedBy: string | null;
   revokedAt: string | null;
-}
-
-interface ViewNode {
-  nodeId: string;
-  status: string;
-  ageMs: number;
-  sample: {
-    name: string;
-    version: string;
-    cpu: { cores: number; usage: number; load1: number };
-    memory: { totalBytes: number; availableBytes: number };
-    disk: { totalBytes: number; availableBytes: number };
-    vms: { running: number; total: number };
-    links: Array<{ peer: string; rttMs: number | null }>;
-  };
-}
-
-const gib = 1024 ** 3;
-
-function fmtGiB(bytes: number): string {
-  return `${(bytes / gib).toFixed(1)}G`;
 }
 
 export function registerClusterCommands(program: Command, context: ContextFactory): void {
@@ -53,10 +33,11 @@ export function registerClusterCommands(program: Command, context: ContextFactor
 
   tokens
     .command('list')
-    .description('list join tokens issued by the node at --api')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .description('list the cluster\'s join tokens (before `cluster init`: those the node at --api issued)')
+    .option('--stale', 'read the node\'s own state without a read point (works without quorum)', false)
+    .action(async (opts: { stale: boolean }, cmd: Command) => {
       const ctx = context(cmd);
-      const { tokens: list } = await ctx.client().get<{ tokens: JoinTokenInfo[] }>('/v1/mesh/join-tokens');
+      const { tokens: list } = await readState<{ tokens: JoinTokenInfo[] }>(ctx, '/v1/mesh/join-tokens', opts.stale);
       ctx.output.result(list, (rows) =>
         table(rows, [
           { header: 'id', value: (t) => t.id },
@@ -81,36 +62,12 @@ export function registerClusterCommands(program: Command, context: ContextFactor
     .command('join')
     .description('ask the node at --api (normally the local one) to join the cluster of TOKEN')
     .argument('<token>', 'join token (nctoken1.…)')
-    .action(async (token: string, _opts: unknown, cmd: Command) => {
+    .option('--name <name>', 'member name to ask for (a DNS label); default: node.name in lower case')
+    .option('--site <site>', 'site label (the leader spreads voters over distinct sites)')
+    .action(async (token: string, opts: { name?: string; site?: string }, cmd: Command) => {
       const ctx = context(cmd);
-      const result = await ctx.client().post<{ clusterId: string; issuer: string; members: string[] }>('/v1/mesh/join', { token });
+      const body = { token, ...(opts.name === undefined ? {} : { name: opts.name }), ...(opts.site === undefined ? {} : { site: opts.site }) };
+      const result = await ctx.client().post<{ clusterId: string; issuer: string; members: string[] }>('/v1/mesh/join', body);
       ctx.output.result(result, (r) => keyValues([['cluster', r.clusterId], ['issuer', r.issuer], ['members', r.members.length]]));
-    });
-}
-
-/** Adds `list` to the existing `node` group. */
-export function registerNodeListCommand(program: Command, context: ContextFactory): void {
-  const node = program.commands.find((c) => c.name() === 'node') ?? program.command('node');
-  node
-    .command('list')
-    .description('every node in the cluster view of the node at --api, from gossip telemetry')
-    .action(async (_opts: unknown, cmd: Command) => {
-      const ctx = context(cmd);
-      const view = await ctx.client().get<{ ttlMs: number; nodes: ViewNode[] }>('/v1/mesh/view');
-      ctx.output.result(view.nodes, (rows) =>
-        table(rows, [
-          { header: 'name', value: (n) => n.sample.name },
-          { header: 'node id', value: (n) => n.nodeId },
-          { header: 'status', value: (n) => n.status },
-          { header: 'age', value: (n) => `${(n.ageMs / 1000).toFixed(1)}s` },
-          { header: 'cpu', value: (n) => `${Math.round(n.sample.cpu.usage * 100)}% of ${n.sample.cpu.cores}` },
-          { header: 'load', value: (n) => n.sample.cpu.load1.toFixed(2) },
-          { header: 'mem free', value: (n) => `${fmtGiB(n.sample.memory.availableBytes)}/${fmtGiB(n.sample.memory.totalBytes)}` },
-          { header: 'disk free', value: (n) => `${fmtGiB(n.sample.disk.availableBytes)}/${fmtGiB(n.sample.disk.totalBytes)}` },
-          { header: 'vms', value: (n) => `${n.sample.vms.running}/${n.sample.vms.total}` },
-          { header: 'peers', value: (n) => n.sample.links.length },
-          { header: 'version', value: (n) => n.sample.version },
-        ]),
-      );
     });
 }

@@ -2,6 +2,7 @@
 // cluster's audit records. Needs an admin token (`audit`: operator) through --token or NOVACRON_TOKEN.
 import { Option, type Command } from 'commander';
 import type { ContextFactory } from '../program.js';
+import { readState } from './nodes.js';
 import { parsePositiveInt } from '../program.js';
 import { CliUsageError } from '../exit.js';
 import { keyValues, table } from '../output.js';
@@ -27,6 +28,7 @@ export interface AuditRecordOut {
   target: string;
   from: string | null;
   outcome: string;
+  error?: string;
 }
 
 export interface AuditPageOut {
@@ -77,7 +79,7 @@ export function formatAudit(p: AuditPageOut): string {
     { header: 'action', value: (r) => r.action },
     { header: 'target', value: (r) => r.target },
     { header: 'from', value: (r) => r.from },
-    { header: 'outcome', value: (r) => r.outcome },
+    { header: 'outcome', value: (r) => (r.error === undefined ? r.outcome : `${r.outcome}: ${r.error}`) },
   ]);
   const last = p.records[p.records.length - 1]?.seq ?? 0;
   return last + 1 < p.nextSeq ? `${rows}\n(more: --after ${last})` : rows;
@@ -106,9 +108,10 @@ export function registerTokenCommands(program: Command, context: ContextFactory)
   token
     .command('list')
     .description('API tokens, live and revoked (never their secrets)')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .option('--stale', 'read the node\'s own state without a read point (works without quorum)', false)
+    .action(async (opts: { stale: boolean }, cmd: Command) => {
       const ctx = context(cmd);
-      ctx.output.result(await ctx.client().get<{ tokens: ApiTokenOut[] }>('/v1/tokens'), formatTokens);
+      ctx.output.result(await readState<{ tokens: ApiTokenOut[] }>(ctx, '/v1/tokens', opts.stale), formatTokens);
     });
 
   token
@@ -126,12 +129,13 @@ export function registerTokenCommands(program: Command, context: ContextFactory)
     .description('audit records of the cluster (who, what, when, from where), oldest first; needs an operator token')
     .option('--after <seq>', 'only records after this sequence number', parseNonNegativeInt)
     .option('--limit <n>', 'at most this many records (server bound applies)', parsePositiveInt)
-    .action(async (opts: { after?: number; limit?: number }, cmd: Command) => {
+    .option('--stale', 'read the node\'s own state without a read point (works without quorum)', false)
+    .action(async (opts: { after?: number; limit?: number; stale: boolean }, cmd: Command) => {
       const ctx = context(cmd);
       const query = new URLSearchParams();
       if (opts.after !== undefined) query.set('after', String(opts.after));
       if (opts.limit !== undefined) query.set('limit', String(opts.limit));
       const qs = query.toString();
-      ctx.output.result(await ctx.client().get<AuditPageOut>(`/v1/audit${qs === '' ? '' : `?${qs}`}`), formatAudit);
+      ctx.output.result(await readState<AuditPageOut>(ctx, `/v1/audit${qs === '' ? '' : `?${qs}`}`, opts.stale), formatAudit);
     });
 }
