@@ -197,6 +197,8 @@ export class RaftNode {
       this.schedule();
     });
     this.ticker = setInterval(() => {
+      // While leader, its own state is current: a node that steps down then reports age from this moment on.
+      if (this.core.status.role === 'leader') this.leaderContactAtMs = Date.now();
       this.core.tick();
       this.schedule();
     }, options.tickIntervalMs ?? tickIntervalMsDefault);

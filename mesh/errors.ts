@@ -41,8 +41,18 @@ export class MeshInvalidMessageError extends MeshError {
 
 /** The remote refused the stream (not a member, protocol unsupported) or reset it. */
 export class MeshStreamRefusedError extends MeshError {
+  constructor(message: string, options: MeshErrorOptions = {}, code = 'mesh_stream_refused') {
+    super(code, message, options);
+  }
+}
+
+/**
+ * A request's stream failed after the request was (perhaps partly) sent: the remote may have handled it. A
+ * MeshStreamRefusedError for callers that only retry idempotent requests; non-idempotent ones must not retry.
+ */
+export class MeshAnswerLostError extends MeshStreamRefusedError {
   constructor(message: string, options: MeshErrorOptions = {}) {
-    super('mesh_stream_refused', message, options);
+    super(message, options, 'mesh_answer_lost');
   }
 }
 

@@ -39,6 +39,8 @@ import {
 } from './telemetry.js';
 
 export const joinProtocol = '/novacron/join/1.0.0';
+/** Multiaddr protocol code of `/p2p/<peer id>` (stripped before addresses go into the peer store). */
+const multiaddrP2pCode = 421;
 export const membersProtocol = '/novacron/members/1.0.0';
 export const infoProtocol = '/novacron/info/1.0.0';
 
@@ -487,6 +489,36 @@ export class Mesh {
 
   linkTo(peer: string): LinkEstimate | undefined {
     return this.links.linkTo(peer, this.clock.nowMs());
+  }
+
+  /** True while this node has an open connection to `peer`. */
+  isConnected(peer: string): boolean {
+    return this.libp2p.getConnections().some((c) => c.remotePeer.toString() === peer);
+  }
+
+  /**
+   * Remembers `addrs` for `peer` and dials it (e.g. a member whose addresses come from the replicated member list,
+   * after this node restarted and forgot them). Resolves true once connected; false when no address answered.
+   */
+  async dialPeer(peer: string, addrs: readonly string[], timeoutMs: number = memberDialTimeoutMs): Promise<boolean> {
+    if (!this.isRunning || peer === this.peerId) return false;
+    const parsed: Multiaddr[] = [];
+    for (const a of addrs) {
+      try {
+        parsed.push(multiaddr(a));
+      } catch {
+        // a malformed stored address is skipped
+      }
+    }
+    const id = peerIdFromString(peer);
+    await this.libp2p.peerStore.merge(id, { multiaddrs: parsed.map((m) => m.decapsulateCode(multiaddrP2pCode)) }).catch(() => undefined);
+    try {
+      await this.libp2p.dial(id, { signal: AbortSignal.timeout(timeoutMs) });
+      return true;
+    } catch (err) {
+      this.log.debug({ peer, err: meshErrorMessage(err) }, 'dial from the member list failed');
+      return false;
+    }
   }
 
   /** Bytes moved to or from a peer outside a BulkStream (e.g. by migration's own tunnel). */

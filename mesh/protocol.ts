@@ -11,6 +11,7 @@ import {
   MeshNotMemberError,
   MeshPeerUnreachableError,
   MeshRemoteError,
+  MeshAnswerLostError,
   MeshStreamRefusedError,
   MeshTimeoutError,
   meshErrorMessage,
@@ -356,8 +357,17 @@ export class ProtocolLayer {
     const signal = deadline(timeoutMs, options.signal);
     const stream = await this.openStream(peer, protocol, signal);
     const channel = new MessageChannel(stream, this.maxBytes);
-    await channel.sendJson(body, signal);
-    const raw = await channel.receiveJson(signal);
+    let raw: unknown;
+    try {
+      await channel.sendJson(body, signal);
+      raw = await channel.receiveJson(signal);
+    } catch (err) {
+      // Once bytes left, a reset no longer proves the remote did nothing: say so, so writes are not retried blindly.
+      if (err instanceof MeshStreamRefusedError && !(err instanceof MeshAnswerLostError)) {
+        throw new MeshAnswerLostError(`the answer on ${protocol} from ${peer.toString()} was lost (the request may have been handled): ${err.message}`, { cause: err, details: { peer: peer.toString(), protocol } });
+      }
+      throw err;
+    }
     // The answer is complete; closing our side lets both ends release the stream.
     void stream.close().catch(() => undefined);
     const envelope = parseEnvelope(raw);

@@ -41,6 +41,7 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   mesh_timeout: { status: 504, title: 'A peer did not answer in time' },
   mesh_peer_unreachable: { status: 502, title: 'Peer unreachable' },
   mesh_stream_refused: { status: 502, title: 'Peer refused the stream' },
+  mesh_answer_lost: { status: 502, title: 'The answer of the peer was lost; the request may have been handled' },
   mesh_remote_error: { status: 502, title: 'Peer answered with an error' },
   mesh_invalid_message: { status: 502, title: 'Peer sent an invalid message' },
   mesh_message_too_large: { status: 502, title: 'Message larger than the protocol allows' },

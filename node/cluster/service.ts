@@ -34,7 +34,7 @@ import type { ConfChange } from '../../consensus/core/messages.js';
 import { Xoshiro128 } from '../../consensus/core/random.js';
 import { LevelRaftStorage } from '../../consensus/storage/index.js';
 import type { ConfState } from '../../consensus/types.js';
-import { JoinTokenCode, JoinTokenError, MeshPeerUnreachableError, MeshRemoteError, MeshStreamRefusedError, MeshTimeoutError } from '../../mesh/errors.js';
+import { JoinTokenCode, JoinTokenError, MeshAnswerLostError, MeshPeerUnreachableError, MeshRemoteError, MeshStreamRefusedError, MeshTimeoutError } from '../../mesh/errors.js';
 import { encodeJoinToken, hashSecret as hashJoinSecret, joinTokenBootstrapMax, joinTokenIdBytes, joinTokenSecretBytes, type JoinTokenInfo, type JoinTokenPayload } from '../../mesh/join-token.js';
 import type { JoinerInfo, JoinResult, Mesh } from '../../mesh/mesh.js';
 import type { TelemetrySample } from '../../mesh/telemetry.js';
@@ -72,6 +72,12 @@ export const clusterProtocol = '/novacron/cluster/1.0.0';
 export const clusterInboundStreamsMax = 256;
 /** Attempts of one write across leader changes (only when the leader surely did not take it). */
 export const forwardAttemptsMax = 5;
+/** A member this node is not connected to is dialled at its recorded addresses at most this often. */
+export const memberRedialIntervalMs = 5_000;
+/** Pause between attempts to correct this node's addresses in the member list. */
+const addressUpdateIntervalMs = 10_000;
+/** Redial timestamps kept (one per member; cleared if members churn past it). */
+const membersRedialTrackedMax = 4_096;
 /** A write waits this many election timeouts for a leader before answering no_quorum. */
 const leaderWaitElectionTimeouts = 3;
 
@@ -227,6 +233,9 @@ export class ClusterService {
   private reconciling = false;
   /** Leader only: since when each unreachable member has been unreachable (ms). */
   private readonly unhealthySinceMs = new Map<string, number>();
+  /** When each member was last dialled from the member list (ms). */
+  private readonly redialAtMs = new Map<string, number>();
+  private addressUpdateAtMs = 0;
 
   private constructor(
     private readonly options: ClusterServiceOptions,
@@ -313,7 +322,7 @@ export class ClusterService {
     const hint = 'read with ?stale=true to get this node\'s possibly stale state';
     if (raft.status().leader === null) throw new NoQuorumError(`no quorum: this node knows no leader (it cannot reach a majority of the voters); ${hint}`, { dataAgeMs: raft.dataAgeMs() });
     try {
-      await raft.readBarrier();
+      await untilLeaderLost(raft, raft.readBarrier());
     } catch (err) {
       if (err instanceof ReadTimeoutError || err instanceof NotLeaderError) {
         throw new NoQuorumError(`no quorum: no linearizable read point (${err.message}); ${hint}`, { dataAgeMs: raft.dataAgeMs() });
@@ -683,6 +692,36 @@ export class ClusterService {
     }
   }
 
+  /**
+   * Every node: keeps its own member record's addresses current (a restart may change its ports) and dials
+   * members it is not connected to at the addresses the replicated member list holds (a restarted node forgot
+   * the mesh's in-memory peer store), at most once per memberRedialIntervalMs each.
+   */
+  private async maintainLinks(): Promise<void> {
+    const raft = this.raftNode;
+    if (raft === null || this.state.getClusterId() === null || this.stopped) return;
+    const { mesh } = this.options;
+    const self = mesh.peerId;
+    const now = Date.now();
+    const mine = this.state.getMember(self);
+    const current = withPeerId(memberAddresses(mesh.addresses()), self);
+    if (mine !== null && !sameSet(mine.addresses, current) && now - this.addressUpdateAtMs >= addressUpdateIntervalMs && raft.status().leader !== null) {
+      this.addressUpdateAtMs = now;
+      const actor: Actor = { kind: 'node', id: self, name: mine.name };
+      this.propose({ type: 'member.update', at: now, actor, from: null, id: self, addresses: current }).then(
+        () => this.options.logger.info({ addresses: current }, 'updated this node\'s addresses in the member list'),
+        (err: unknown) => this.options.logger.warn({ err }, 'could not update this node\'s addresses; will retry'),
+      );
+    }
+    for (const m of this.state.listMembers()) {
+      if (m.id === self || mesh.isConnected(m.id) || m.addresses.length === 0) continue;
+      if (now - (this.redialAtMs.get(m.id) ?? 0) < memberRedialIntervalMs) continue;
+      this.redialAtMs.set(m.id, now);
+      void mesh.dialPeer(m.id, m.addresses);
+    }
+    if (this.redialAtMs.size > membersRedialTrackedMax) this.redialAtMs.clear();
+  }
+
   /** Leader only: makes up to reconcileActionsPerRoundMax membership changes that voters.ts asks for. */
   private async reconcileOnce(): Promise<void> {
     const raft = this.raftNode;
@@ -794,7 +833,10 @@ export class ClusterService {
       core: { electionTimeoutTicks: config.electionTimeoutTicks, heartbeatIntervalTicks: config.heartbeatIntervalTicks },
     });
     this.raftNode = raft;
-    this.reconcileTimer = setInterval(() => void this.reconcileOnce(), reconcileIntervalMs);
+    this.reconcileTimer = setInterval(() => {
+      void this.maintainLinks();
+      void this.reconcileOnce();
+    }, reconcileIntervalMs);
     this.reconcileTimer.unref();
     this.options.onRaftStarted?.(raft);
     logger.info({ nodeId: mesh.peerId, voters: bootstrap?.voters ?? null }, 'raft started');
@@ -810,6 +852,22 @@ export class ClusterService {
   }
 }
 
+/** Settles like `work`, but rejects with NotLeaderError as soon as this node knows no leader (no quorum: fail fast). */
+async function untilLeaderLost<T>(raft: RaftNode, work: Promise<T>): Promise<T> {
+  work.catch(() => undefined); // it may settle after we gave up on it
+  let timer: NodeJS.Timeout | undefined;
+  const lost = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (raft.status().leader === null) reject(new NotLeaderError(null));
+    }, leaderPollIntervalMs);
+  });
+  try {
+    return await Promise.race([work, lost]);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 /** Errors after which the leader surely did not take the write, so trying again (at the new leader) is safe. */
 function leaderDidNotTakeIt(err: unknown): boolean {
   if (err instanceof NotLeaderError || err instanceof ProposalDroppedError) return true;
@@ -817,7 +875,8 @@ function leaderDidNotTakeIt(err: unknown): boolean {
     const code = err.details?.remoteCode;
     return code === 'not_leader' || code === 'proposal_dropped' || code === 'cluster_not_initialized';
   }
-  // The stream never opened: nothing reached the leader.
+  // The stream never opened: nothing reached the leader. (An answer lost after sending is MeshAnswerLostError.)
+  if (err instanceof MeshAnswerLostError) return false;
   return err instanceof MeshPeerUnreachableError || err instanceof MeshStreamRefusedError;
 }
 
@@ -827,12 +886,18 @@ function fromLeader(err: unknown, leader: string): unknown {
     const code = err.details?.remoteCode;
     return new RemoteClusterError(typeof code === 'string' ? code : 'internal', err.message.replace(/^.*?answered: /, ''), leader);
   }
-  if (err instanceof MeshTimeoutError) return new WriteOutcomeUnknownError(`the leader ${leader} did not answer in time: the write may or may not have been applied; check before retrying`, err);
+  if (err instanceof MeshTimeoutError || err instanceof MeshAnswerLostError) {
+    return new WriteOutcomeUnknownError(`the leader ${leader} did not answer (${errorText(err)}): the write may or may not have been applied; check before retrying`, err);
+  }
   return err;
 }
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
 }
 
 function sleep(ms: number): Promise<void> {

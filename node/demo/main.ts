@@ -1,6 +1,6 @@
-// `make demo`: starts a local NovaCron node (later: a 3-node cluster with the UI and a demo VM) in the
-// foreground, forms a one-node cluster on first run, prints where to reach it and an admin token, and
-// stops everything on Ctrl-C.
+// `make demo`: starts a local 3-node NovaCron cluster (later also the UI and a demo VM) in the foreground: the
+// first run founds it on node 1 and joins nodes 2 and 3 with join tokens; it prints where to reach every node and
+// an admin token, and stops everything on Ctrl-C. API ports: --port, +1, +2; mesh ports: --port+1000, +1, +2.
 import '../polyfill.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
@@ -29,24 +29,98 @@ async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number):
   throw new Error(`node at ${url} did not become healthy within ${timeoutMs} ms`);
 }
 
-/**
- * Forms the cluster on first run and keeps its admin token in <demo dir>/admin-token (0600): the API shows
- * a token once, and a demo that is restarted should still print a working one.
- */
-async function ensureCluster(url: string, tokenFile: string): Promise<string> {
-  if (existsSync(tokenFile)) return readFileSync(tokenFile, 'utf8').trim();
-  const res = await fetch(`${url}/v1/cluster/init`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: '{}',
+/** Nodes of the demo cluster: enough for a Raft majority to survive one failure. */
+export const demoNodes = 3;
+/** Bound for the two joiners to become voters. */
+const votersTimeoutMs = 30_000;
+
+interface DemoNode {
+  name: string;
+  dataDir: string;
+  url: string;
+  child: ChildProcess;
+  log: string;
+}
+
+async function api<T>(url: string, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; body: T }> {
+  const headers: Record<string, string> = {};
+  if (token !== null) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers,
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     signal: AbortSignal.timeout(demoReadyTimeoutMs),
   });
-  const body = (await res.json()) as { adminToken?: string; detail?: string };
-  if (res.status !== 201 || typeof body.adminToken !== 'string') {
-    throw new Error(`cluster init answered ${res.status}: ${body.detail ?? JSON.stringify(body)}`);
+  const text = await res.text();
+  return { status: res.status, body: (text === '' ? {} : JSON.parse(text)) as T };
+}
+
+function fail(what: string, r: { status: number; body: unknown }): never {
+  const detail = (r.body as { detail?: string }).detail ?? JSON.stringify(r.body);
+  throw new Error(`${what} answered ${r.status}: ${detail}`);
+}
+
+interface Status {
+  initialised: boolean;
+  raft: object | null;
+  members: Array<{ id: string; role: string }>;
+}
+
+/**
+ * Forms the cluster where it is not formed yet (node 1 founds it, the others join with tokens from node 1) and
+ * keeps the admin token in <demo dir>/admin-token (0600): the API shows a token once, and a restarted demo
+ * should still print a working one. Safe to run again after a half-finished first run.
+ */
+async function ensureCluster(nodes: DemoNode[], tokenFile: string): Promise<string> {
+  const [first, ...others] = nodes as [DemoNode, ...DemoNode[]];
+  let token = existsSync(tokenFile) ? readFileSync(tokenFile, 'utf8').trim() : null;
+  if (token === null) {
+    const init = await api<{ adminToken?: string }>(first.url, 'POST', '/v1/cluster/init', null, {});
+    if (init.status !== 201 || typeof init.body.adminToken !== 'string') fail('cluster init', init);
+    token = init.body.adminToken;
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   }
-  writeFileSync(tokenFile, `${body.adminToken}\n`, { mode: 0o600 });
-  return body.adminToken;
+  for (const node of others) {
+    // An uninitialised node answers loopback callers (token or not); one that runs Raft already joined (it may
+    // still be replaying its log, so `initialised` alone is not the test).
+    const s = await api<Status>(node.url, 'GET', '/v1/cluster/status', token);
+    if (s.status !== 200) fail(`${node.name} status`, s);
+    if (s.body.initialised || s.body.raft !== null) continue;
+    const created = await api<{ token?: string }>(first.url, 'POST', '/v1/mesh/join-tokens', token, { ttlSeconds: 600 });
+    if (created.status !== 201 || typeof created.body.token !== 'string') fail('join-token create', created);
+    const joined = await api(node.url, 'POST', '/v1/mesh/join', null, { token: created.body.token });
+    if (joined.status !== 200) fail(`${node.name} join`, joined);
+  }
+  const deadline = Date.now() + votersTimeoutMs;
+  for (;;) {
+    const s = await api<Status>(first.url, 'GET', '/v1/cluster/status', token);
+    if (s.status === 200 && s.body.members.filter((m) => m.role === 'voter').length >= Math.min(3, nodes.length)) return token;
+    if (Date.now() > deadline) throw new Error(`the cluster did not reach 3 voters within ${votersTimeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, readyPollIntervalMs));
+  }
+}
+
+/** Mesh ports sit this far above the API ports: fixed, so a restarted demo finds its members where they were. */
+export const demoMeshPortOffset = 1000;
+
+function startNode(root: string, index: number, port: number, meshPort: number): DemoNode {
+  const name = `demo-${index}`;
+  const dataDir = join(root, `node${index}`);
+  mkdirSync(join(dataDir, 'logs'), { recursive: true, mode: 0o700 });
+  const log = join(dataDir, 'logs', 'stdout.log');
+  const out = openSync(log, 'a');
+  const child = spawn(
+    process.execPath,
+    [
+      cliPath, 'node', 'start', '--data-dir', dataDir, '--name', name, '--api-host', '127.0.0.1', '--api-port', String(port),
+      // Loopback only, and no mDNS: the demo's nodes find each other through join tokens, not the LAN.
+      '--set', `mesh.listen=/ip4/127.0.0.1/tcp/${meshPort}`, '--set', 'mesh.mdns=false',
+    ],
+    // Its own process group: Ctrl-C reaches the demo only, which then stops each node once, in order.
+    { stdio: ['ignore', out, out], detached: true },
+  );
+  return { name, dataDir, url: `http://127.0.0.1:${port}`, child, log };
 }
 
 async function main(): Promise<number> {
@@ -58,50 +132,43 @@ async function main(): Promise<number> {
   });
   const root = resolve(values.dir ?? '.demo');
   const port = Number(values.port);
-  const dataDir = join(root, 'node1');
-  mkdirSync(join(dataDir, 'logs'), { recursive: true, mode: 0o700 });
-  const out = openSync(join(dataDir, 'logs', 'stdout.log'), 'a');
-  const child = spawn(
-    process.execPath,
-    [cliPath, 'node', 'start', '--data-dir', dataDir, '--name', 'demo-1', '--api-host', '127.0.0.1', '--api-port', String(port)],
-    { stdio: ['ignore', out, out] },
-  );
-  const url = `http://127.0.0.1:${port}`;
+  const nodes = Array.from({ length: demoNodes }, (_, i) => startNode(root, i + 1, port + i, port + demoMeshPortOffset + i));
   const stop = (): void => {
-    if (child.exitCode === null) child.kill('SIGTERM');
+    for (const n of nodes) if (n.child.exitCode === null) n.child.kill('SIGTERM');
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   const tokenFile = join(root, 'admin-token');
   let token: string;
   try {
-    await waitHealthy(url, child, demoReadyTimeoutMs);
-    token = await ensureCluster(url, tokenFile);
+    await Promise.all(nodes.map((n) => waitHealthy(n.url, n.child, demoReadyTimeoutMs)));
+    token = await ensureCluster(nodes, tokenFile);
   } catch (err) {
-    process.stderr.write(`demo: ${(err as Error).message}; see ${join(dataDir, 'logs', 'stdout.log')}\n`);
+    process.stderr.write(`demo: ${(err as Error).message}; see ${nodes.map((n) => n.log).join(' ')}\n`);
     stop();
     return 1;
   }
+  const url = nodes[0]?.url ?? '';
   process.stdout.write(
     [
       '',
-      'NovaCron demo is running.',
-      `  API:      ${url}/v1/version`,
+      `NovaCron demo is running: a ${demoNodes}-node cluster on this machine.`,
+      ...nodes.map((n) => `  ${n.name}:   ${n.url}  (API on every node; logs ${n.log})`),
       `  OpenAPI:  ${url}/v1/openapi.json`,
       `  Health:   ${url}/healthz  ${url}/readyz`,
       `  Admin token (also in ${tokenFile}):`,
       `            ${token}`,
       `  CLI:      export NOVACRON_API=${url} NOVACRON_TOKEN=$(cat ${tokenFile})`,
-      `            node ${cliPath} cluster status`,
-      `  Logs:     ${join(dataDir, 'logs', 'stdout.log')}`,
+      `            node ${cliPath} node list`,
       '',
       'Press Ctrl-C to stop.',
       '',
     ].join('\n'),
   );
-  const code = await new Promise<number>((res) => child.on('exit', (c) => res(c ?? 1)));
-  process.stdout.write(`demo: node stopped (exit ${code})\n`);
-  return code;
+  const codes = await Promise.all(nodes.map((n) => new Promise<number>((res) => (n.child.exitCode !== null ? res(n.child.exitCode) : n.child.on('exit', (c) => res(c ?? 1))))));
+  const worst = codes.find((c) => c !== 0) ?? 0;
+  process.stdout.write(`demo: nodes stopped (exit ${codes.join(', ')})\n`);
+  return worst;
 }
 
 process.exitCode = await main();

@@ -1,4 +1,4 @@
-// Proves the `make demo` launcher: it starts a node, forms a one-node cluster, prints an admin token that works, serves /healthz and OpenAPI, and stops cleanly on Ctrl-C.
+// Proves the `make demo` launcher: it starts three nodes, forms a 3-voter cluster, prints an admin token that works on every node, serves /healthz and OpenAPI, stops cleanly on Ctrl-C, and comes back formed on a second run.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -13,49 +13,82 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
+/** A base port with the ports after it (and those `offset` above, for the mesh) free too. */
+async function freePorts(count: number, offset: number): Promise<number> {
+  for (;;) {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const { port } = srv.address() as AddressInfo;
+    await new Promise<void>((r) => srv.close(() => r()));
+    if (port + offset + count > 65_535) continue;
+    const wanted = [...Array.from({ length: count - 1 }, (_, i) => port + i + 1), ...Array.from({ length: count }, (_, i) => port + offset + i)];
+    const others = await Promise.all(
+      wanted.map((p) =>
+        new Promise<boolean>((r) => {
+          const s = createServer();
+          s.once('error', () => r(false));
+          s.listen(p, '127.0.0.1', () => s.close(() => r(true)));
+        }),
+      ),
+    );
+    if (others.every(Boolean)) return port;
+  }
+}
+
+async function runDemo(dir: string, port: number): Promise<{ child: ReturnType<typeof spawn>; out: () => string; done: ReturnType<typeof collect> }> {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NOVACRON_')));
+  const child = spawn(process.execPath, [join(repoRoot, 'dist/node/demo/main.js'), '--dir', dir, '--port', String(port)], {
+    env: { ...base, ...testNodeEnv },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const done = collect(child, 90_000);
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`demo did not come up: ${out}`)), 60_000);
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Press Ctrl-C to stop.')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  return { child, out: () => out, done };
 }
 
 describe('make demo', () => {
-  it('forms a cluster, prints a working admin token, and stops on SIGINT', async () => {
+  it('forms a 3-node cluster, prints a working admin token, stops on SIGINT and restarts formed', async () => {
     assertBuilt();
     const dir = mkdtempSync(join(tmpdir(), 'nc-demo-'));
     dirs.push(dir);
-    const port = await freePort();
-    const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NOVACRON_')));
-    const child = spawn(process.execPath, [join(repoRoot, 'dist/node/demo/main.js'), '--dir', dir, '--port', String(port)], {
-      env: { ...base, ...testNodeEnv },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const done = collect(child, 60_000);
-    let out = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`demo did not come up: ${out}`)), 45_000);
-      child.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('Press Ctrl-C to stop.')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-    const url = `http://127.0.0.1:${port}`;
+    const port = await freePorts(3, 1000);
+    const first = await runDemo(dir, port);
     const token = readFileSync(join(dir, 'admin-token'), 'utf8').trim();
-    expect(out).toContain(token);
+    expect(first.out()).toContain(token);
     expect(token).toMatch(/^ncadm_/);
-    expect((await fetch(`${url}/healthz`)).status).toBe(200);
-    expect((await fetch(`${url}/v1/openapi.json`)).status).toBe(200);
-    const status = await fetch(`${url}/v1/cluster/status`, { headers: { authorization: `Bearer ${token}` } });
-    expect(status.status).toBe(200);
-    expect(await status.json()).toMatchObject({ initialised: true, raft: { role: 'leader' } });
-    child.kill('SIGINT');
-    const r = await done;
+    const urls = [0, 1, 2].map((i) => `http://127.0.0.1:${port + i}`);
+    for (const url of urls) expect(first.out()).toContain(url);
+    expect((await fetch(`${urls[0]}/healthz`)).status).toBe(200);
+    expect((await fetch(`${urls[0]}/v1/openapi.json`)).status).toBe(200);
+    for (const url of urls) {
+      const status = await fetch(`${url}/v1/cluster/status`, { headers: { authorization: `Bearer ${token}` } });
+      expect(status.status).toBe(200);
+      const body = (await status.json()) as { initialised: boolean; members: Array<{ role: string }> };
+      expect(body.initialised).toBe(true);
+      expect(body.members.filter((m) => m.role === 'voter')).toHaveLength(3);
+    }
+    first.child.kill('SIGINT');
+    const r = await first.done;
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/node stopped \(exit 0\)/);
-  });
+    expect(r.stdout).toMatch(/nodes stopped \(exit 0, 0, 0\)/);
+
+    // A second run reopens the same cluster and prints the same token.
+    const second = await runDemo(dir, port);
+    expect(second.out()).toContain(token);
+    const nodes = await fetch(`${urls[1]}/v1/nodes`, { headers: { authorization: `Bearer ${token}` } });
+    expect(nodes.status).toBe(200);
+    expect(((await nodes.json()) as { nodes: unknown[] }).nodes).toHaveLength(3);
+    second.child.kill('SIGINT');
+    expect((await second.done).code).toBe(0);
+  }, 180_000);
 });

@@ -88,13 +88,14 @@ describe('nextVoterAction', () => {
         fc.subarray(ids.slice(1)),
         fc.subarray(ids),
         fc.constantFrom(1, 3, 5),
-        (voterPick, healthyPick, memberPick) => {
+        (voterPick, healthyPick, memberPick, desiredVoters) => {
           const voters = ['A', ...voterPick];
           const learners = ids.filter((id) => !voters.includes(id));
           const memberIds = new Set(['A', ...memberPick]);
           const inp = inputs(voters, learners, {
             healthy: new Set(['A', ...healthyPick]),
             unhealthySinceMs: new Map(ids.map((id) => [id, now - 2 * replaceAfterMs])),
+            settings: { desiredVoters, voterReplaceAfterMs: replaceAfterMs },
           });
           const action = nextVoterAction({ ...inp, members: inp.members.filter((m) => memberIds.has(m.id)) });
           if (action === null) return;
