@@ -12,8 +12,14 @@ export const proposalTimeoutMsDefault = 5_000;
 export const readTimeoutMsDefault = 5_000;
 /** Proposals waiting to be applied on this node; more are refused rather than queued without bound. */
 export const maxPendingProposals = 8_192;
-/** Linearizable reads waiting for a read point. */
+/** Linearizable reads waiting for a read point (queued for a round, in one, or waiting for its index to apply). */
 export const maxPendingReads = 8_192;
+/**
+ * A ReadIndex round with no read point after this long is asked again under a new ctx: the core drops requests
+ * silently when leadership moves or a message is lost, and one lost round would otherwise hold up every queued read
+ * until it times out. Asking again is safe: the new request, too, starts after every read of the round (etcd: 500 ms).
+ */
+export const readRoundRetryMs = 500;
 /** Snapshot the state machine and compact the log once this many entries were applied since the last one. */
 export const snapshotEveryEntriesDefault = 10_000;
 /** Entries kept below a new snapshot so that slightly lagging followers catch up from the log, not a snapshot. */
@@ -110,6 +116,8 @@ export interface RaftCounters {
   messagesReceived: number;
   snapshotsTaken: number;
   snapshotsInstalled: number;
+  /** ReadIndex requests made (one per round of batched linearizable reads, plus re-asks of a lost round). */
+  readIndexRequests: number;
 }
 
 interface Waiter<T> {
@@ -120,6 +128,21 @@ interface Waiter<T> {
 
 interface ProposalWaiter extends Waiter<unknown> {
   term: number;
+}
+
+/** A linearizable read; `home` is the set holding it (queue, round or apply group) so a timeout can remove it. */
+interface ReadWaiter extends Waiter<void> {
+  home: Set<ReadWaiter>;
+}
+
+/** The ReadIndex round in flight: every read in it was requested before the round's first request was made. */
+interface ReadRound {
+  /** Ctxs of this round's requests (the first and any re-asks): an answer to any of them serves the round. */
+  ctxs: Set<string>;
+  reads: Set<ReadWaiter>;
+  retry: NodeJS.Timeout | null;
+  /** The leader the last request went to (this node when it leads). */
+  leader: NodeId | null;
 }
 
 export class RaftNode {
@@ -137,10 +160,22 @@ export class RaftNode {
   private readonly ticker: NodeJS.Timeout;
 
   private readonly proposals = new Map<number, ProposalWaiter>();
-  private readonly reads = new Map<string, Waiter<void>>();
-  /** Read points received but not yet servable (applied < index). */
-  private readonly readPoints: ReadState[] = [];
+  // Linearizable reads share ReadIndex rounds (etcd's linearizableReadLoop): at most one round is in flight, reads
+  // arriving meanwhile queue for the next one, started as soon as the current one has its read point. A read is
+  // only ever served by a round started after it was requested, so no write acknowledged before it can be missed.
+  /** Reads waiting for the next round. */
+  private readQueue = new Set<ReadWaiter>();
+  /** The round waiting for its read point, if any. */
+  private readRound: ReadRound | null = null;
+  /** Rounds that have their read point, waiting until it is applied here. */
+  private readsAwaitingApply: { index: number; reads: Set<ReadWaiter> }[] = [];
+  /** Reads in the queue, the round and the apply groups (timed-out ones are removed at once). */
+  private pendingReadCount = 0;
+  /** The leader changed while a round was in flight: the old leader dropped it, so it fails (see driveReadRounds). */
+  private readLeaderChanged = false;
   private readCounter = 0;
+  /** Distinguishes this process's read ctxs from a previous run's, whose late answers must not serve new reads. */
+  private readonly readCtxPrefix: string;
   private applied: number;
   private snapshotIndex: number;
   private scheduled = false;
@@ -159,6 +194,7 @@ export class RaftNode {
     messagesReceived: 0,
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
+    readIndexRequests: 0,
   };
   private leaderListeners: ((leader: NodeId | null, term: number) => void)[] = [];
   /** waitApplied callers, resolved as the applied index passes theirs. */
@@ -184,6 +220,7 @@ export class RaftNode {
     this.onConfChange = options.onConfChange;
     this.applied = applied;
     this.snapshotIndex = snapshotIndex;
+    this.readCtxPrefix = `${this.id}/${Date.now().toString(36)}`;
     this.transport.onMessage((m) => {
       if (this.stopped) return;
       this.counters.messagesReceived++;
@@ -296,10 +333,25 @@ export class RaftNode {
    */
   readBarrier(): Promise<void> {
     this.assertRunning();
-    if (this.reads.size >= maxPendingReads) return Promise.reject(new RaftOverloadedError(`${maxPendingReads} reads already pending`));
-    const ctx = `${this.id}/${++this.readCounter}`;
-    this.core.readIndex(ctx);
-    const promise = this.wait<string, void, Waiter<void>>(this.reads, ctx, this.readTimeoutMs, () => new ReadTimeoutError(`no read point within ${this.readTimeoutMs} ms (no quorum?)`), {});
+    if (this.pendingReadCount >= maxPendingReads) return Promise.reject(new RaftOverloadedError(`${maxPendingReads} reads already pending`));
+    const s = this.core.status;
+    // As core.readIndex would: refuse at once when no leader is known rather than queue for a round that cannot run.
+    if (s.role !== 'leader' && s.leader === null) throw new NotLeaderError(null);
+    const promise = new Promise<void>((resolve, reject) => {
+      const w: ReadWaiter = {
+        resolve,
+        reject,
+        home: this.readQueue,
+        timer: setTimeout(() => {
+          w.home.delete(w);
+          this.pendingReadCount--;
+          reject(new ReadTimeoutError(`no read point within ${this.readTimeoutMs} ms (no quorum?)`));
+        }, this.readTimeoutMs),
+      };
+      this.readQueue.add(w);
+      this.pendingReadCount++;
+    });
+    // The round starts in run(), a turn later: every read of this turn joins it, and all were requested before it.
     this.schedule();
     return promise;
   }
@@ -356,10 +408,9 @@ export class RaftNode {
     await this.idle();
     const err = new RaftStoppedError('raft node stopped');
     for (const [, w] of this.proposals) this.settle(w, err);
-    for (const [, w] of this.reads) this.settle(w, err);
+    this.failReads(err);
     for (const w of this.appliedWaiters) this.settle(w, err);
     this.proposals.clear();
-    this.reads.clear();
     this.appliedWaiters = [];
     await this.transport.close();
     await this.storage.close();
@@ -404,11 +455,14 @@ export class RaftNode {
     if (this.running) return;
     this.running = true;
     try {
+      this.driveReadRounds();
       while (this.core.hasReady()) {
         const rd = this.core.ready();
         await this.handle(rd);
         this.core.advance(rd);
         await this.maybeSnapshot();
+        // A round completed in handle() lets the queued reads start theirs; its request joins the next Ready.
+        this.driveReadRounds();
       }
     } catch (err) {
       // A storage failure leaves the durable state unknown: stop acting on it rather than risk safety.
@@ -416,10 +470,9 @@ export class RaftNode {
       this.log.error({ err: this.fatal }, 'raft node halted on a storage failure; restart the node');
       clearInterval(this.ticker);
       for (const [, w] of this.proposals) this.settle(w, this.fatal);
-      for (const [, w] of this.reads) this.settle(w, this.fatal);
+      this.failReads(this.fatal);
       for (const w of this.appliedWaiters) this.settle(w, this.fatal);
       this.proposals.clear();
-      this.reads.clear();
       this.appliedWaiters = [];
     } finally {
       this.running = false;
@@ -436,6 +489,7 @@ export class RaftNode {
       this.counters.leaderChanges++;
       this.log.info({ leader: rd.softState.leader, role: rd.softState.role, term: s.term }, 'raft leadership changed');
       for (const l of this.leaderListeners) l(rd.softState.leader, s.term);
+      if (this.readRound !== null && this.readRound.leader !== rd.softState.leader) this.readLeaderChanged = true;
     }
     if (rd.snapshot !== null) {
       await this.storage.applySnapshot(rd.snapshot);
@@ -467,8 +521,8 @@ export class RaftNode {
       this.counters.messagesSent++;
     }
     for (const e of rd.committedEntries) this.applyEntry(e);
-    if (rd.readStates.length > 0) this.readPoints.push(...rd.readStates);
-    this.serveReads();
+    if (rd.readStates.length > 0) this.onReadStates(rd.readStates);
+    if (this.readsAwaitingApply.length > 0) this.serveReads();
     if (this.appliedWaiters.length > 0) this.serveAppliedWaiters();
   }
 
@@ -510,22 +564,99 @@ export class RaftNode {
     else w.resolve(result);
   }
 
-  private serveReads(): void {
-    for (let i = 0; i < this.readPoints.length; ) {
-      const rs = this.readPoints[i];
-      if (rs === undefined || rs.index > this.applied) {
-        i++;
-        continue;
-      }
-      this.readPoints.splice(i, 1);
-      const w = this.reads.get(rs.ctx);
-      if (w === undefined) continue; // timed out already, or another node's
-      this.reads.delete(rs.ctx);
-      clearTimeout(w.timer);
-      w.resolve();
+  /** Starts the next read round when none is in flight and reads are queued; re-asks a round after a leader change. */
+  private driveReadRounds(): void {
+    const round = this.readRound;
+    if (round !== null && this.readLeaderChanged) {
+      // The old leader dropped the round. Its reads fail now, as unbatched reads did (their dropped request timed
+      // out; the service answers no_quorum). Re-asking the new leader would also be linearizable, but a deposed
+      // leader would then answer reads it took while cut off. Reads queued behind it start a round with the new one.
+      if (round.retry !== null) clearTimeout(round.retry);
+      this.readRound = null;
+      this.failReadSet(round.reads, new NotLeaderError(this.core.status.leader));
     }
-    // Read points whose waiter is gone would otherwise accumulate.
-    if (this.readPoints.length > maxPendingReads) this.readPoints.splice(0, this.readPoints.length - maxPendingReads);
+    if (this.readRound !== null) return;
+    this.readLeaderChanged = false;
+    if (this.readQueue.size === 0) return;
+    const reads = this.readQueue;
+    this.readQueue = new Set();
+    for (const w of reads) w.home = reads;
+    const next: ReadRound = { ctxs: new Set(), reads, retry: null, leader: null };
+    this.readRound = next;
+    if (!this.askReadRound(next)) {
+      // No leader known now: refuse the round's reads as a lone readBarrier() would have been refused.
+      if (next.retry !== null) clearTimeout(next.retry);
+      this.readRound = null;
+      this.failReadSet(reads, new NotLeaderError(null));
+    }
+  }
+
+  /** Makes one ReadIndex request for the round and arms its retry; false when no leader is known. */
+  private askReadRound(round: ReadRound): boolean {
+    if (round.retry !== null) clearTimeout(round.retry);
+    round.retry = setTimeout(() => {
+      if (this.readRound !== round || this.stopped || this.fatal !== null) return;
+      this.log.debug({ reads: round.reads.size, asks: round.ctxs.size }, 'read round got no read point in time; asking again');
+      this.askReadRound(round);
+      this.schedule();
+    }, readRoundRetryMs);
+    round.retry.unref();
+    const ctx = `${this.readCtxPrefix}/${++this.readCounter}`;
+    try {
+      this.core.readIndex(ctx);
+    } catch (err) {
+      if (err instanceof NotLeaderError) return false; // the retry timer asks again once a leader may be known
+      throw err;
+    }
+    round.ctxs.add(ctx);
+    round.leader = this.core.status.leader;
+    this.counters.readIndexRequests++;
+    return true;
+  }
+
+  private onReadStates(states: readonly ReadState[]): void {
+    const round = this.readRound;
+    if (round === null) return;
+    // Answers to an earlier round's requests (re-asked, or already served) and to a previous run's are ignored.
+    const rs = states.find((r) => round.ctxs.has(r.ctx));
+    if (rs === undefined) return;
+    if (round.retry !== null) clearTimeout(round.retry);
+    this.readRound = null;
+    if (round.reads.size === 0) return; // all timed out meanwhile
+    const group = { index: rs.index, reads: round.reads };
+    this.readsAwaitingApply.push(group);
+  }
+
+  /** Resolves every read whose round's read point is applied here. */
+  private serveReads(): void {
+    const ready = this.readsAwaitingApply.filter((g) => g.index <= this.applied);
+    if (ready.length === 0) return;
+    this.readsAwaitingApply = this.readsAwaitingApply.filter((g) => g.index > this.applied);
+    for (const g of ready) {
+      for (const w of g.reads) {
+        clearTimeout(w.timer);
+        w.resolve();
+      }
+      this.pendingReadCount -= g.reads.size;
+      g.reads.clear();
+    }
+  }
+
+  private failReadSet(reads: Set<ReadWaiter>, err: Error): void {
+    for (const w of reads) this.settle(w, err);
+    this.pendingReadCount -= reads.size;
+    reads.clear();
+  }
+
+  private failReads(err: Error): void {
+    this.failReadSet(this.readQueue, err);
+    if (this.readRound !== null) {
+      if (this.readRound.retry !== null) clearTimeout(this.readRound.retry);
+      this.failReadSet(this.readRound.reads, err);
+      this.readRound = null;
+    }
+    for (const g of this.readsAwaitingApply) this.failReadSet(g.reads, err);
+    this.readsAwaitingApply = [];
   }
 
   private async maybeSnapshot(): Promise<void> {

@@ -1,6 +1,6 @@
-// The composition root: one NovaCron node in one process. It owns the data dir lock, the mesh and the
-// API server and the cluster service (Raft); later issues add the agent and migration here, started and
-// stopped in order.
+// The composition root: one NovaCron node in one process. It owns the data dir lock, the mesh, the cluster
+// service (Raft), the image store, the VM agent and the API server, started in order and stopped in reverse
+// (migration joins them with its issue).
 import type { AddressInfo } from 'node:net';
 import { accessSync, constants } from 'node:fs';
 import type { NodeConfig } from './config/schema.js';
@@ -14,14 +14,21 @@ import { probeQemu, qemuVersionMin, type QemuProbe } from './hypervisor/qemu-ver
 import { apiVersion, novacronVersion } from './version.js';
 import type { Mesh } from '../mesh/mesh.js';
 import type { ClusterService } from './cluster/service.js';
+import { join } from 'node:path';
+import type { VmAgent } from './agent/agent.js';
 
 export interface NodeStartOptions {
   config: NodeConfig;
   logger: Logger;
 }
 
+/** A shutdown step taking this long is logged (a shutdown that hits shutdown.timeoutMs then says where it hung). */
+const slowShutdownStepMs = 1_000;
+
 export class NovaNode {
   private stopping: Promise<void> | null = null;
+  /** stopped with the node (the agent disconnects from QEMU; VMs keep running). */
+  private vms: { agent: VmAgent } | null = null;
   private readonly startedAtMs = Date.now();
 
   private constructor(
@@ -41,6 +48,7 @@ export class NovaNode {
     const lock = lockDataDir(layout);
     let mesh: Mesh | undefined;
     let cluster: ClusterService | undefined;
+    let agentRef: VmAgent | undefined;
     try {
       const qemu = await probeQemu(config.hypervisor.qemuBinary);
       if (!qemu.supported) {
@@ -61,6 +69,7 @@ export class NovaNode {
         nodeName: config.node.name,
         version: novacronVersion,
         logger: logger.child({ component: 'mesh' }),
+        vmCounts: () => agentRef?.counts() ?? { running: 0, total: 0 }, // real VM counts in telemetry
       });
       await mesh.start();
       const metrics = new NodeMetrics();
@@ -104,6 +113,53 @@ export class NovaNode {
       registerClusterRoutes(api, { cluster });
       registerNodeRoutes(api, { cluster });
       registerTokenRoutes(api, { cluster });
+      // Content-addressed image store in <dataDir>/images, served to members over /novacron/image/1.0.0 (one per node;
+      // the VM agent below creates its disks and fetches boot files through it).
+      const { ImageStore } = await import('./hypervisor/images.js');
+      const { registerImageRoutes } = await import('./api/routes/images.js');
+      const clusterForImages = cluster;
+      const images = await ImageStore.open({ dir: layout.images, cluster: { nodeId: mesh.peerId, state: cluster.state, propose: (cmd) => clusterForImages.propose(cmd) }, peers: mesh.protocols, logger });
+      registerImageRoutes(api, { images, cluster });
+      // the VM agent (reconciles the VMs this node owns over the image store above), /novacron/vm/1.0.0, VM routes.
+      const { VmAgent } = await import('./agent/agent.js');
+      const { VmOwnerClient, registerVmProtocol } = await import('./agent/vm-protocol.js');
+      const { registerVmRoutes } = await import('./api/routes/vms.js');
+      const { importDemoGuest } = await import('./hypervisor/demo-images.js');
+      const { QemuDriver } = await import('./hypervisor/qemu.js');
+      const { chooseAccel } = await import('./hypervisor/accel.js');
+      const clusterForVms = cluster;
+      const meshForVms = mesh;
+      const vmRunDir = join(layout.run, 'vms');
+      const agent = new VmAgent({
+        nodeId: mesh.peerId,
+        state: cluster.state,
+        propose: (cmd) => clusterForVms.propose(cmd),
+        ready: () => {
+          const raft = clusterForVms.raft;
+          if (!clusterForVms.initialised || clusterForVms.loading || raft === null) return false;
+          const s = raft.status();
+          return s.leader !== null && s.applied >= s.commit;
+        },
+        createDriver: async () => {
+          const choice = await chooseAccel(config.hypervisor.qemuBinary, config.hypervisor.accel, logger);
+          return new QemuDriver({ runDir: vmRunDir, qemuBinary: config.hypervisor.qemuBinary, accel: choice.accel, logger });
+        },
+        images,
+        vmsDir: layout.vms,
+        runDir: vmRunDir,
+        logger,
+        unusableReason: qemu.supported ? null : (qemu.error ?? `QEMU older than ${qemuVersionMin.major}.${qemuVersionMin.minor}`),
+      });
+      await agent.start();
+      agentRef = agent;
+      await registerVmProtocol(mesh.protocols, agent);
+      node.vms = { agent };
+      registerVmRoutes(api, {
+        cluster,
+        telemetry: () => meshForVms.viewList(),
+        owner: new VmOwnerClient(mesh.peerId, agent, mesh.protocols),
+        importDemoGuest: () => importDemoGuest(images),
+      });
       registerEventRoutes(api, { hub: events, authEnforced: () => clusterForAuth.authEnforced });
       const meshForView = mesh;
       registerMetricsRoutes(api, {
@@ -118,6 +174,7 @@ export class NovaNode {
       );
       return node;
     } catch (err) {
+      await agentRef?.stop().catch(() => undefined);
       await cluster?.stop().catch(() => undefined);
       await mesh?.stop().catch(() => undefined);
       lock.release();
@@ -169,11 +226,20 @@ export class NovaNode {
   stop(reason: string): Promise<void> {
     this.stopping ??= (async () => {
       this.logger.info({ reason }, 'node stopping');
+      // Each step is logged with its duration, so a shutdown that hits shutdown.timeoutMs says where it hung.
+      const step = async (name: string, work: () => Promise<void>): Promise<void> => {
+        const t0 = Date.now();
+        await work();
+        const ms = Date.now() - t0;
+        if (ms >= slowShutdownStepMs) this.logger.warn({ step: name, ms }, 'slow shutdown step');
+      };
       try {
-        await this.api.close();
+        await step('api', () => this.api.close());
+        // the agent lets go of its QEMUs (they keep running) before Raft and the mesh stop.
+        await step('vm agent', async () => this.vms?.agent.stop().catch((err: unknown) => this.logger.error({ err }, 'VM agent did not stop cleanly')));
         // Raft before the mesh: its transport streams ride on the mesh.
-        await this.cluster.stop().catch((err: unknown) => this.logger.error({ err }, 'raft did not close cleanly'));
-        await this.mesh.stop();
+        await step('raft', () => this.cluster.stop().catch((err: unknown) => this.logger.error({ err }, 'raft did not close cleanly')));
+        await step('mesh', () => this.mesh.stop());
       } finally {
         this.lock.release();
       }

@@ -90,6 +90,11 @@ function fail(code: ConstructorParameters<typeof ClusterError>[0], message: stri
   throw new ClusterError(code, message, details);
 }
 
+/** A VM spec's kernel/initrd that is a hex SHA-256 refers to an image of the cluster. */
+export function isImageRef(ref: string): boolean {
+  return /^[0-9a-f]{64}$/.test(ref);
+}
+
 function byId<T extends { id: string }>(a: T, b: T): number {
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
 }
@@ -492,6 +497,8 @@ export class ClusterStateMachine implements StateMachine {
 
   private checkSpec(spec: VmSpec): void {
     for (const d of spec.disks) if (d.imageId !== undefined && !this.images.has(d.imageId)) fail('not_found', `no image ${d.imageId}`);
+    // A kernel or initrd given as a hex SHA-256 names an image (anything else is a path on the owner node).
+    for (const ref of [spec.kernel, spec.initrd]) if (ref !== undefined && isImageRef(ref) && !this.images.has(ref)) fail('not_found', `no image ${ref}`);
   }
 
   private checkNoActiveMigration(vm: Vm): void {
@@ -587,7 +594,7 @@ export class ClusterStateMachine implements StateMachine {
       return { target: img.id, ids: [img.id], value: next };
     }
     for (const v of this.vms.values()) {
-      if (v.spec.disks.some((d) => d.imageId === c.id)) fail('conflict', `image ${c.id} is used by VM ${v.name}`, { vm: v.id });
+      if (v.spec.disks.some((d) => d.imageId === c.id) || v.spec.kernel === c.id || v.spec.initrd === c.id) fail('conflict', `image ${c.id} is used by VM ${v.name}`, { vm: v.id });
     }
     this.images.delete(img.id);
     return { target: img.id, ids: [img.id], value: null };

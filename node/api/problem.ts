@@ -85,6 +85,16 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   qemu_kill_failed: { status: 500, title: 'QEMU could not be killed' },
   vm_not_running: { status: 409, title: 'The VM is not running on this node' },
   accel_unavailable: { status: 503, title: 'The configured accelerator is not available on this node' },
+  // VMs (node/api/routes/vms.ts, node/agent)
+  no_capacity: { status: 409, title: 'No node has room for the VM' },
+  // node/hypervisor/images.ts (image store)
+  image_not_found: { status: 404, title: 'No such image' },
+  image_hash_mismatch: { status: 400, title: 'Image content does not match its SHA-256' },
+  image_too_large: { status: 413, title: 'Image larger than the store accepts' },
+  image_invalid: { status: 400, title: 'Not an image the store accepts' },
+  image_store_full: { status: 507, title: 'Not enough space for the image on this node' },
+  image_fetch_failed: { status: 502, title: 'No peer delivered the image' },
+  qemu_img_failed: { status: 500, title: 'qemu-img failed' },
 };
 
 export interface ProblemFieldError {

@@ -56,6 +56,31 @@ export class ApiClient {
     return { body, consistency: res.headers.get('novacron-read-consistency'), dataAgeMs: age === null ? null : Number(age) };
   }
 
+  /**
+   * POSTs a byte stream as the body (not buffered: fetch streams it with duplex 'half'), e.g. an image upload.
+   * `timeoutMs` bounds the whole exchange; uploads pass a longer one than the client default.
+   */
+  async postStream<T>(path: string, body: ReadableStream<Uint8Array>, options: { contentType: string; contentLength?: number; timeoutMs?: number }): Promise<T> {
+    const url = `${this.baseUrl}${path}`;
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const headers: Record<string, string> = { accept: `application/json, ${problemContentType}`, 'content-type': options.contentType };
+    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
+    if (options.contentLength !== undefined) headers['content-length'] = String(options.contentLength);
+    let res: Response;
+    try {
+      res = await fetch(url, { method: 'POST', headers, body, duplex: 'half', signal: AbortSignal.timeout(timeoutMs) });
+    } catch (err) {
+      throw new CliConnectionError(url, `cannot reach ${this.baseUrl}: ${describeFetchError(err, timeoutMs)}`, { cause: err });
+    }
+    const text = await res.text();
+    if (!res.ok) throw new CliApiError(res.status, parseProblem(res.status, text));
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new CliApiError(res.status, makeProblem('internal', `the node answered ${url} with a body that is not JSON`));
+    }
+  }
+
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     return (await this.exchange<T>(method, path, body)).body;
   }

@@ -11,6 +11,8 @@ import { registerNodeCommands as registerNodeMemberCommands } from './commands/n
 import { registerClusterInitStatusCommands } from './commands/cluster.js';
 import { registerTokenCommands } from './commands/token.js';
 import { registerEventsCommand } from './commands/events.js';
+import { registerVmCommands } from './commands/vms.js';
+import { registerImageCommands } from './commands/images.js';
 import { novacronVersion } from '../version.js';
 
 export interface GlobalOptions {
@@ -71,7 +73,9 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
   registerClusterCommands(program, context);
   registerClusterInitStatusCommands(program, context);
   registerTokenCommands(program, context);
+  registerImageCommands(program, context);
   registerEventsCommand(program, context, io.out);
+  registerVmCommands(program, context);
   // Later groups register here: vm, migration, image.
   program.commands.forEach(applyExitOverride);
   return { program, context };

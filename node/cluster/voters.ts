@@ -74,13 +74,41 @@ export function nextVoterAction(inp: VoterInputs): VoterAction | null {
   if (voters.length < target && candidate !== undefined) return { kind: 'promote', id: candidate, reason: `fewer voters than ${target}` };
   // A voter gone beyond the timeout is replaced: promote first (quorum never shrinks), demote it on the next call.
   if (deadVoters.length > 0 && candidate !== undefined) return { kind: 'promote', id: candidate, reason: `replaces unreachable voter ${deadVoters[0] ?? ''}` };
+  // Rebalance: two voters share a site while a learner could cover a site no voter has. Promoting it makes one
+  // voter too many, and the next call demotes one of the pair (site duplicates go first), so this converges.
+  if (candidate !== undefined && coversNewSite(inp, candidate) && hasSharedVoterSite(inp)) {
+    return { kind: 'promote', id: candidate, reason: 'spreads voters over more sites' };
+  }
   return null;
 }
 
-/** The healthy, caught-up learner to promote: a site no voter has first, then the lowest RTT, then id. */
+/** Sites of the voters that count: an unreachable voter's site is not covered (it is the one being replaced). */
+function liveVoterSites(inp: VoterInputs): Set<string> {
+  const members = new Map(inp.members.map((m) => [m.id, m]));
+  return new Set(inp.conf.voters.filter((id) => inp.healthy.has(id)).map((id) => members.get(id)?.site ?? ''));
+}
+
+function coversNewSite(inp: VoterInputs, id: string): boolean {
+  const site = inp.members.find((m) => m.id === id)?.site ?? '';
+  return site !== '' && !liveVoterSites(inp).has(site);
+}
+
+function hasSharedVoterSite(inp: VoterInputs): boolean {
+  const members = new Map(inp.members.map((m) => [m.id, m]));
+  const seen = new Set<string>();
+  for (const id of inp.conf.voters) {
+    const site = members.get(id)?.site ?? '';
+    if (site === '') continue;
+    if (seen.has(site)) return true;
+    seen.add(site);
+  }
+  return false;
+}
+
+/** The healthy, caught-up learner to promote: a site no live voter has first, then the lowest RTT, then id. */
 function bestCandidate(inp: VoterInputs): string | undefined {
   const members = new Map(inp.members.map((m) => [m.id, m]));
-  const voterSites = new Set(inp.conf.voters.map((id) => members.get(id)?.site ?? ''));
+  const voterSites = liveVoterSites(inp);
   const candidates = inp.conf.learners.filter(
     (id) => members.has(id) && inp.healthy.has(id) && (id === inp.self || (inp.match.get(id) ?? 0) >= inp.lastIndex - learnerCatchUpMaxLag),
   );

@@ -76,6 +76,10 @@ export const NodeConfigSchema = Type.Object(
     hypervisor: Type.Object(
       {
         qemuBinary: Type.String({ minLength: 1, description: 'QEMU system emulator to run VMs with.' }),
+        // The agent's accelerator (node/hypervisor/accel.ts chooseAccel).
+        accel: Type.Union([Type.Literal('auto'), Type.Literal('kvm'), Type.Literal('tcg')], {
+          description: 'VM accelerator: auto probes whether a KVM guest really runs (else TCG); kvm or tcg force one.',
+        }),
       },
       { additionalProperties: false },
     ),
@@ -134,7 +138,7 @@ export function configDefaults(): NodeConfig {
     api: { host: '0.0.0.0', port: apiPortDefault, bodyLimitBytes: bodyLimitBytesDefault },
     log: { level: 'info', file: false, fileMaxBytes: logFileMaxBytesDefault },
     shutdown: { timeoutMs: shutdownTimeoutMsDefault },
-    hypervisor: { qemuBinary: 'qemu-system-x86_64' },
+    hypervisor: { qemuBinary: 'qemu-system-x86_64', accel: 'auto' },
     mesh: {
       listen: [...meshListenDefault],
       announce: [],

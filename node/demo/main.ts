@@ -42,7 +42,7 @@ interface DemoNode {
   log: string;
 }
 
-async function api<T>(url: string, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; body: T }> {
+async function api<T>(url: string, method: string, path: string, token: string | null, body?: unknown, timeoutMs = demoReadyTimeoutMs): Promise<{ status: number; body: T }> {
   const headers: Record<string, string> = {};
   if (token !== null) headers.authorization = `Bearer ${token}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
@@ -50,7 +50,7 @@ async function api<T>(url: string, method: string, path: string, token: string |
     method,
     headers,
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(demoReadyTimeoutMs),
+    signal: AbortSignal.timeout(timeoutMs),
   });
   const text = await res.text();
   return { status: res.status, body: (text === '' ? {} : JSON.parse(text)) as T };
@@ -63,7 +63,7 @@ function fail(what: string, r: { status: number; body: unknown }): never {
 
 interface Status {
   initialised: boolean;
-  raft: object | null;
+  raft: { leader: string | null } | null;
   members: Array<{ id: string; role: string }>;
 }
 
@@ -92,17 +92,87 @@ async function ensureCluster(nodes: DemoNode[], tokenFile: string): Promise<stri
     const joined = await api(node.url, 'POST', '/v1/mesh/join', null, { token: created.body.token });
     if (joined.status !== 200) fail(`${node.name} join`, joined);
   }
+  // Ready means usable: 3 voters, and every node knows the leader (a restarted demo elects one first).
   const deadline = Date.now() + votersTimeoutMs;
   for (;;) {
-    const s = await api<Status>(first.url, 'GET', '/v1/cluster/status', token);
-    if (s.status === 200 && s.body.members.filter((m) => m.role === 'voter').length >= Math.min(3, nodes.length)) return token;
-    if (Date.now() > deadline) throw new Error(`the cluster did not reach 3 voters within ${votersTimeoutMs} ms`);
+    const all = await Promise.all(nodes.map((n) => api<Status>(n.url, 'GET', '/v1/cluster/status', token)));
+    const voters = all[0]?.body.members?.filter((m) => m.role === 'voter').length ?? 0;
+    if (all.every((s) => s.status === 200 && s.body.raft?.leader != null) && voters >= Math.min(3, nodes.length)) return token;
+    if (Date.now() > deadline) throw new Error(`the cluster did not reach 3 voters with a leader within ${votersTimeoutMs} ms`);
     await new Promise((r) => setTimeout(r, readyPollIntervalMs));
   }
 }
 
 /** Mesh ports sit this far above the API ports: fixed, so a restarted demo finds its members where they were. */
 export const demoMeshPortOffset = 1000;
+
+/** Name of the demo VM. */
+export const demoVmName = 'demo';
+/** Bound for building the demo guest (first run), importing it and booting it under TCG. */
+const demoVmTimeoutMs = 300_000;
+
+interface VmOut {
+  id: string;
+  name: string;
+  desired: string;
+  owner: string | null;
+  observed: { state: string; reason: string } | null;
+}
+
+/**
+ * Makes sure the demo VM exists (first run: builds the demo guest, imports it as images on node 1, creates the VM
+ * wherever placement puts it) and waits until its owner reports it running; the owner comes back as a node name.
+ * A VM the user deleted is recreated.
+ */
+async function ensureDemoVm(first: DemoNode, token: string): Promise<VmOut> {
+  const existing = await api<{ vms?: VmOut[] }>(first.url, 'GET', '/v1/vms', token);
+  if (existing.status !== 200) fail('vm list', existing);
+  let vm: VmOut | null = existing.body.vms?.find((v) => v.name === demoVmName) ?? null;
+  if (vm === null) {
+    process.stdout.write('demo: building and importing the demo guest, then starting VM "demo"...\n');
+    const imported = await api<{ spec?: unknown }>(first.url, 'POST', '/v1/demo-guest/import', token, {}, demoVmTimeoutMs);
+    if (imported.status !== 200 || imported.body.spec === undefined) fail('demo guest import', imported);
+    const created = await api<{ vm?: VmOut }>(first.url, 'POST', '/v1/vms', token, { name: demoVmName, spec: imported.body.spec });
+    if (created.status !== 201 || created.body.vm === undefined) fail('vm create', created);
+    vm = created.body.vm;
+  } else if (vm.desired !== 'running') {
+    // A demo stopped with Ctrl-C stopped its VM; start it again.
+    const started = await api(first.url, 'POST', `/v1/vms/${vm.id}/start`, token, {});
+    if (started.status !== 200) fail('vm start', started);
+  }
+  const deadline = Date.now() + demoVmTimeoutMs;
+  const id = vm.id;
+  let last: VmOut = vm;
+  for (;;) {
+    const r: { status: number; body: { vm?: VmOut } } = await api<{ vm?: VmOut }>(first.url, 'GET', `/v1/vms/${id}`, token);
+    if (r.status === 200 && r.body.vm !== undefined) {
+      const now: VmOut = r.body.vm;
+      last = now;
+      if (now.observed?.state === 'running') {
+        const nodes = await api<{ nodes?: Array<{ id: string; name: string }> }>(first.url, 'GET', '/v1/nodes', token);
+        return { ...now, owner: nodes.body.nodes?.find((n) => n.id === now.owner)?.name ?? now.owner };
+      }
+      if (now.observed?.state === 'error') throw new Error(`the demo VM failed: ${now.observed.reason}`);
+    }
+    if (Date.now() > deadline) throw new Error(`the demo VM was not running within ${demoVmTimeoutMs} ms (last: ${last.observed?.state ?? 'not reported'})`);
+    await new Promise((res) => setTimeout(res, readyPollIntervalMs));
+  }
+}
+
+/** Bound for the demo VM to stop when the demo does. */
+const demoVmStopTimeoutMs = 30_000;
+
+async function stopDemoVm(first: DemoNode, token: string, id: string): Promise<void> {
+  const r = await api(first.url, 'POST', `/v1/vms/${id}/stop`, token, {});
+  if (r.status !== 200) fail('vm stop', r);
+  const deadline = Date.now() + demoVmStopTimeoutMs;
+  while (Date.now() < deadline) {
+    const s = await api<{ vm?: VmOut }>(first.url, 'GET', `/v1/vms/${id}?stale=true`, token);
+    if (s.body.vm?.observed?.state === 'stopped') return;
+    await new Promise((res) => setTimeout(res, readyPollIntervalMs));
+  }
+  throw new Error(`the demo VM did not stop within ${demoVmStopTimeoutMs} ms`);
+}
 
 function startNode(root: string, index: number, port: number, meshPort: number): DemoNode {
   const name = `demo-${index}`;
@@ -136,13 +206,30 @@ async function main(): Promise<number> {
   const stop = (): void => {
     for (const n of nodes) if (n.child.exitCode === null) n.child.kill('SIGTERM');
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  let token: string | null = null;
+  let vm: VmOut | null = null;
+  let stopping = false;
+  // Ctrl-C: stop the demo VM first (VMs outlive their node by design, and a demo should not leave QEMU behind),
+  // then the nodes. A second Ctrl-C stops the nodes at once.
+  const shutdown = (): void => {
+    if (stopping || token === null || vm === null) {
+      stop();
+      return;
+    }
+    stopping = true;
+    process.stdout.write('demo: stopping the demo VM, then the nodes...\n');
+    void stopDemoVm(nodes[0] as DemoNode, token, vm.id).then(stop, (err: unknown) => {
+      process.stderr.write(`demo: could not stop the demo VM: ${(err as Error).message}\n`);
+      stop();
+    });
+  };
+  process.on('SIGINT', shutdown);
+  process.on('SIGTERM', shutdown);
   const tokenFile = join(root, 'admin-token');
-  let token: string;
   try {
     await Promise.all(nodes.map((n) => waitHealthy(n.url, n.child, demoReadyTimeoutMs)));
     token = await ensureCluster(nodes, tokenFile);
+    vm = await ensureDemoVm(nodes[0] as DemoNode, token);
   } catch (err) {
     process.stderr.write(`demo: ${(err as Error).message}; see ${nodes.map((n) => n.log).join(' ')}\n`);
     stop();
@@ -158,8 +245,11 @@ async function main(): Promise<number> {
       `  Health:   ${url}/healthz  ${url}/readyz`,
       `  Admin token (also in ${tokenFile}):`,
       `            ${token}`,
+      `  Demo VM:  "${vm.name}" running on ${vm.owner ?? '?'}`,
       `  CLI:      export NOVACRON_API=${url} NOVACRON_TOKEN=$(cat ${tokenFile})`,
       `            node ${cliPath} node list`,
+      `            node ${cliPath} vm list`,
+      `            node ${cliPath} vm console ${vm.name} --follow`,
       '',
       'Press Ctrl-C to stop.',
       '',

@@ -10,10 +10,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli, spawnCli, waitForLog } from '../support/proc.js';
-import { api, logCollector, outcome, pollFor, tokenNames } from '../support/cluster-http.js';
+import { api, logCollector, outcome, pollFor, tokenNames, type LoggedNodeProc as NodeProc } from '../support/cluster-http.js';
 
 /** The bound: a new leader serves writes within 2 s of the kill. */
 const failoverBoundMs = 2_000;
@@ -25,17 +24,6 @@ const loadClients = 6;
 /** Load before the kill, and after the first post-kill acknowledgement. */
 const loadBeforeKillMs = 1_500;
 const loadAfterFailoverMs = 1_000;
-
-interface NodeProc {
-  name: string;
-  dataDir: string;
-  child: ChildProcess;
-  url: string;
-  peerId: string;
-  log: ReturnType<typeof logCollector>;
-  /** The mesh listen address it got (the restart reuses it, as a node with a configured port would). */
-  meshListen: string;
-}
 
 interface Status {
   nodeId: string;

@@ -3,26 +3,22 @@
 // member admits); joiners become learners under the name and site they ask for and the leader promotes them to 3
 // voters; writes are accepted on followers (forwarded to the leader) and read back linearizably on another node; a
 // 4th node stays a learner (3 voters below 5 members), is removed with `node remove` from a follower and then gets
-// nothing (its streams are refused); node 2 restarted on its data dir reopens Raft and catches up.
+// nothing (its streams are refused), like a peer that never was a member trying to propose; node 2 restarted on its
+// data dir reopens Raft and catches up.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
+import { multiaddr } from '@multiformats/multiaddr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Mesh, MeshStreamRefusedError, silentLogger } from '../../mesh/index.js';
+import { clusterProtocol } from '../../node/cluster/service.js';
 import { collect, runCli, spawnCli, waitForLog } from '../support/proc.js';
+import { pollFor, type NodeProc } from '../support/cluster-http.js';
 
 /** Bound for joins, promotion and catch-up on loopback. */
 const convergeBoundMs = 15_000;
 /** How far a follower's commit/applied may trail node 1's in one status snapshot. */
 const indexSlack = 5;
-
-interface NodeProc {
-  name: string;
-  dataDir: string;
-  child: ChildProcess;
-  url: string;
-  peerId: string;
-}
 
 interface Status {
   initialised: boolean;
@@ -53,14 +49,8 @@ async function status(p: NodeProc, token = admin): Promise<Status | null> {
   return r.code === 0 ? (JSON.parse(r.stdout) as Status) : null;
 }
 
-async function until<T>(what: string, check: () => Promise<T | null | undefined | false>): Promise<T> {
-  const start = Date.now();
-  while (Date.now() - start < convergeBoundMs) {
-    const v = await check();
-    if (v !== null && v !== undefined && v !== false) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${what} not reached within ${convergeBoundMs} ms`);
+function until<T>(what: string, check: () => Promise<T | null | undefined | false>): Promise<T> {
+  return pollFor(what, convergeBoundMs, check, 200);
 }
 
 async function joinToken(issuer: NodeProc): Promise<string> {
@@ -73,7 +63,10 @@ beforeAll(async () => {
   procs.push(...(await Promise.all(['j1', 'j2', 'j3'].map((n) => startNode(n)))));
 }, 60_000);
 
-afterAll(() => {
+let outsider: Mesh | null = null;
+
+afterAll(async () => {
+  await outsider?.stop();
   for (const p of procs) {
     if (p.child.exitCode === null) p.child.kill('SIGKILL');
     rmSync(p.dataDir, { recursive: true, force: true });
@@ -131,6 +124,29 @@ describe('joining an initialised cluster through Raft', () => {
     const moved = await cli(n3, ['node', 'set', 'j1', '--site', 'site-c'], admin);
     expect(moved.code, moved.stderr).toBe(0);
     expect(JSON.parse(moved.stdout)).toMatchObject({ name: 'j1', site: 'site-c' });
+
+    // A peer that is not a member cannot propose: its stream is refused and nothing is applied.
+    const outsiderDir = mkdtempSync(join(tmpdir(), 'nc-join-outsider-'));
+    outsider = await Mesh.create({
+      config: {
+        listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, members: [], telemetryIntervalMs: 1000, telemetryTtlMs: 0, maxConnections: 16,
+        relay: { enabled: false, reserve: false, maxReservations: 1, reservationTtlMs: 60_000, dataLimitBytes: 1 << 20, durationLimitMs: 60_000 },
+      },
+      identityDir: join(outsiderDir, 'identity'), dataDir: outsiderDir, nodeName: 'outsider', version: 'test', logger: silentLogger,
+    });
+    await outsider.start();
+    const n1Addr = ((await (await fetch(`${n1.url}/v1/mesh/status`, { headers: { authorization: `Bearer ${admin}` } })).json()) as { addresses: string[] }).addresses[0] ?? '';
+    await outsider.libp2p.dial(multiaddr(n1Addr));
+    const forged = { type: 'token.create', at: Date.now(), actor: { kind: 'system', id: 'x' }, from: null, id: 'forged-token', name: 'forged', role: 'admin', secretHash: 'a'.repeat(64) };
+    const refusedPropose = await outsider.protocols
+      .request(n1.peerId, clusterProtocol, { op: 'propose', command: forged }, { validate: (v) => v, timeoutMs: 5000 })
+      .catch((e: unknown) => e);
+    expect(refusedPropose).toBeInstanceOf(MeshStreamRefusedError);
+    const tokens = JSON.parse((await cli(n1, ['token', 'list'], admin)).stdout) as { tokens: Array<{ name: string }> };
+    expect(tokens.tokens.map((t) => t.name)).not.toContain('forged');
+    await outsider.stop();
+    outsider = null;
+    rmSync(outsiderDir, { recursive: true, force: true });
 
     // A 4th node joins through a follower and stays a learner: 3 voters until there are 5 members.
     const spare = await startNode('j4');

@@ -1,4 +1,4 @@
-// Proves the `make demo` launcher: it starts three nodes, forms a 3-voter cluster, prints an admin token that works on every node, serves /healthz and OpenAPI, stops cleanly on Ctrl-C, and comes back formed on a second run.
+// Proves the `make demo` launcher: it starts three nodes, forms a 3-voter cluster, starts the demo VM (its heartbeat shows on the console), prints an admin token that works on every node, stops cleanly on Ctrl-C, and comes back formed with the same VM on a second run.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -12,6 +12,9 @@ const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
+
+/** First run: build the demo guest, import it, boot it under TCG; generous for a loaded 2-core CI machine. */
+const demoUpBoundMs = 240_000;
 
 /** A base port with the ports after it (and those `offset` above, for the mesh) free too. */
 async function freePorts(count: number, offset: number): Promise<number> {
@@ -44,7 +47,7 @@ async function runDemo(dir: string, port: number): Promise<{ child: ReturnType<t
   const done = collect(child, 90_000);
   let out = '';
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`demo did not come up: ${out}`)), 60_000);
+    const timer = setTimeout(() => reject(new Error(`demo did not come up: ${out}`)), demoUpBoundMs);
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('Press Ctrl-C to stop.')) {
@@ -77,9 +80,22 @@ describe('make demo', () => {
       expect(body.initialised).toBe(true);
       expect(body.members.filter((m) => m.role === 'voter')).toHaveLength(3);
     }
+    // The demo VM runs (observed by its owner) and its console shows the guest's heartbeat.
+    expect(first.out()).toMatch(/Demo VM: {2}"demo" running on demo-\d/);
+    const vms = (await (await fetch(`${urls[2]}/v1/vms`, { headers: { authorization: `Bearer ${token}` } })).json()) as { vms: Array<{ id: string; name: string; observed: { state: string } | null }> };
+    expect(vms.vms).toHaveLength(1);
+    expect(vms.vms[0]).toMatchObject({ name: 'demo', observed: { state: 'running' } });
+    const vmId = vms.vms[0]?.id ?? '';
+    let heartbeat = false;
+    for (let i = 0; i < 60 && !heartbeat; i++) {
+      const con = (await (await fetch(`${urls[0]}/v1/vms/${vmId}/console?tail=50`, { headers: { authorization: `Bearer ${token}` } })).json()) as { lines?: string[] };
+      heartbeat = (con.lines ?? []).some((l) => l.includes('NOVACRON-HEARTBEAT'));
+      if (!heartbeat) await new Promise((r) => setTimeout(r, 1000));
+    }
+    expect(heartbeat).toBe(true);
     first.child.kill('SIGINT');
     const r = await first.done;
-    expect(r.code).toBe(0);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/nodes stopped \(exit 0, 0, 0\)/);
 
     // A second run reopens the same cluster and prints the same token.
@@ -88,7 +104,10 @@ describe('make demo', () => {
     const nodes = await fetch(`${urls[1]}/v1/nodes`, { headers: { authorization: `Bearer ${token}` } });
     expect(nodes.status).toBe(200);
     expect(((await nodes.json()) as { nodes: unknown[] }).nodes).toHaveLength(3);
+    // The same VM, not a second one.
+    const again = (await (await fetch(`${urls[0]}/v1/vms`, { headers: { authorization: `Bearer ${token}` } })).json()) as { vms: Array<{ id: string }> };
+    expect(again.vms.map((v) => v.id)).toEqual([vmId]);
     second.child.kill('SIGINT');
     expect((await second.done).code).toBe(0);
-  }, 180_000);
+  }, 600_000);
 });

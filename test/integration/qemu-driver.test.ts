@@ -10,6 +10,7 @@ import { chooseAccel, clearAccelCache, probeKvm } from '../../node/hypervisor/ac
 import { QemuDriver, isVmProcess } from '../../node/hypervisor/qemu.js';
 import type { QemuVmConfig } from '../../node/hypervisor/qemu-args.js';
 import { commandWorks, describeIf } from '../support/prereq.js';
+import { pidAlive } from '../support/proc.js';
 
 const qemu = 'qemu-system-x86_64';
 const kernel = existsSync('/boot') ? readdirSync('/boot').find((f) => f.startsWith('vmlinuz-')) : undefined;
@@ -38,15 +39,6 @@ function buildInitramfs(dir: string): string {
 function heartbeats(consoleLog: string): number {
   if (!existsSync(consoleLog)) return 0;
   return (readFileSync(consoleLog, 'utf8').match(/heartbeat \d+/g) ?? []).length;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

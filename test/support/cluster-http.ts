@@ -90,3 +90,36 @@ export async function pollFor<T>(what: string, boundMs: number, check: () => Pro
     await new Promise((r) => setTimeout(r, pollMs));
   }
 }
+
+/** One row of GET /v1/nodes: what the answering node knows of a member (raftRole from its Raft configuration). */
+export interface NodeRow {
+  id: string;
+  name: string;
+  role: string;
+  raftRole: 'leader' | 'voter' | 'learner' | 'none';
+  site: string;
+  reachable: boolean;
+  rttMs: number | null;
+  match: number | null;
+}
+
+/** GET /v1/nodes on one node (linearizable unless `stale`); null unless 200. */
+export async function nodeRows(base: string, token: string, stale = false): Promise<NodeRow[] | null> {
+  const r = await api<{ nodes: NodeRow[] }>(base, 'GET', `/v1/nodes${stale ? '?stale=true' : ''}`, { token, timeoutMs: 5_000 });
+  return r.status === 200 ? r.body.nodes : null;
+}
+
+/** A node process a test started: its data dir, API URL and peer id. */
+export interface NodeProc {
+  name: string;
+  dataDir: string;
+  child: ChildProcess;
+  url: string;
+  peerId: string;
+}
+
+/** A node process whose log the test reads, and the mesh address it got (a restart reuses it, as a configured port would). */
+export interface LoggedNodeProc extends NodeProc {
+  log: ReturnType<typeof logCollector>;
+  meshListen: string;
+}

@@ -30,6 +30,8 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
 export const testNodeEnv: Record<string, string> = {
   NOVACRON_MESH_LISTEN: '/ip4/127.0.0.1/tcp/0',
   NOVACRON_MESH_MDNS: 'false',
+  // The KVM probe costs ~3 s per node start where KVM hangs (nested virtualisation): tests use TCG directly.
+  NOVACRON_HYPERVISOR_ACCEL: 'tcg',
 };
 
 export function spawnCli(args: string[], env: Record<string, string> = {}): ChildProcess {
@@ -110,4 +112,14 @@ export function waitForLog(child: ChildProcess, predicate: (r: LogRecord) => boo
     child.stdout?.on('data', onData);
     child.on('exit', onExit);
   });
+}
+
+/** Whether a process with this pid exists (signal 0 checks without sending anything). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }

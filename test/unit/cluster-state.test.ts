@@ -193,6 +193,23 @@ describe('images', () => {
   });
 });
 
+describe('kernel and initrd images', () => {
+  it('refuses a VM whose kernel or initrd names an unknown image, and removing an image used as a kernel', () => {
+    const h = withVm();
+    const kernel = 'd'.repeat(64);
+    expect(h.refused('vm.create', { id: 'vm2', name: 'k', spec: { ...spec, kernel }, desired: 'stopped', owner: A })).toBe('not_found');
+    expect(h.refused('vm.create', { id: 'vm2', name: 'k', spec: { ...spec, kernel: '/boot/vmlinuz', initrd: kernel }, desired: 'stopped', owner: A })).toBe('not_found');
+    // A path is the owner node's business, not the cluster's.
+    h.run('vm.create', { id: 'vm3', name: 'p', spec: { ...spec, kernel: '/boot/vmlinuz' }, desired: 'stopped', owner: A });
+    h.run('image.add', { id: kernel, name: 'vmlinuz', sizeBytes: 10, node: A });
+    h.run('vm.create', { id: 'vm2', name: 'k', spec: { ...spec, kernel, initrd: kernel }, desired: 'stopped', owner: A });
+    expect(h.refused('vm.update', { id: 'vm3', expectedVersion: 1, spec: { ...spec, initrd: 'e'.repeat(64), kernel: '/boot/vmlinuz' } })).toBe('not_found');
+    expect(h.refused('image.remove', { id: kernel })).toBe('conflict');
+    h.run('vm.delete', { id: 'vm2' });
+    h.run('image.remove', { id: kernel });
+  });
+});
+
 describe('migrations', () => {
   it('runs requested → completed and moves the owner in the same entry', () => {
     const h = withVm();

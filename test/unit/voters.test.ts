@@ -75,6 +75,25 @@ describe('nextVoterAction', () => {
     expect(nextVoterAction(inputs(['A', 'B', 'C'], [], { healthy, unhealthySinceMs: longDown }))).toBeNull();
   });
 
+  it('replaces a dead voter with a learner on its site, not the nearest one on a covered site', () => {
+    const sites = { A: 'a', B: 'b', C: 'c', D: 'a', E: 'b', F: 'c' };
+    const inp = inputs(['A', 'B', 'C'], ['D', 'E', 'F'], {
+      healthy: new Set(['A', 'C', 'D', 'E', 'F']),
+      unhealthySinceMs: new Map([['B', now - replaceAfterMs]]),
+      rttMs: new Map([['D', 1], ['E', 5], ['F', 2]]),
+      settings: { desiredVoters: 3, voterReplaceAfterMs: replaceAfterMs },
+    }, sites);
+    expect(nextVoterAction(inp)).toMatchObject({ kind: 'promote', id: 'E' });
+  });
+
+  it('rebalances voters that share a site when a learner covers a new one, then stays put', () => {
+    const sites = { A: 'a', B: 'a', C: 'b', D: 'c' };
+    const three = { desiredVoters: 3 as const, voterReplaceAfterMs: replaceAfterMs };
+    expect(nextVoterAction(inputs(['A', 'B', 'C'], ['D'], { settings: three }, sites))).toMatchObject({ kind: 'promote', id: 'D' });
+    expect(nextVoterAction(inputs(['A', 'B', 'C', 'D'], [], { settings: three }, sites))).toMatchObject({ kind: 'demote', id: 'B' });
+    expect(nextVoterAction(inputs(['A', 'C', 'D'], ['B'], { settings: three }, sites))).toBeNull();
+  });
+
   it('waits while a joint configuration settles', () => {
     const base = inputs(['A'], ['B']);
     expect(nextVoterAction({ ...base, conf: { ...base.conf, votersOutgoing: ['A'] } })).toBeNull();

@@ -1,7 +1,9 @@
 // The cluster over REST: founding it (`POST /v1/cluster/init`, which prints the first admin token once) and its
 // status as this node sees it (Raft role, term, leader, commit and apply index, members).
 import Type, { type Static } from 'typebox';
-import { NameSchema, type Member } from '../../../consensus/cluster/index.js';
+import { NameSchema, SettingsSchema, type Member } from '../../../consensus/cluster/index.js';
+import { actorOf } from '../auth.js';
+import { ReadQuerySchema } from '../consistency.js';
 import type { Api } from '../server.js';
 import type { ClusterService } from '../../cluster/service.js';
 
@@ -99,5 +101,33 @@ export function registerClusterRoutes(app: Api, { cluster }: ClusterRouteDeps): 
       const status = cluster.status();
       return { ...status, members: status.members.map(memberOut) };
     },
+  );
+
+  app.get(
+    '/v1/cluster/settings',
+    {
+      config: { auth: 'viewer', read: true },
+      schema: {
+        tags: ['cluster'],
+        summary: 'Cluster settings: most voters the leader keeps, and how long a voter may be unreachable before it is replaced',
+        querystring: ReadQuerySchema,
+        response: { 200: SettingsSchema, 400: problemRef, 401: problemRef, 403: problemRef, 503: problemRef },
+      },
+    },
+    async () => ({ ...cluster.getSettings() }),
+  );
+
+  app.patch(
+    '/v1/cluster/settings',
+    {
+      config: { auth: 'admin' },
+      schema: {
+        tags: ['cluster'],
+        summary: 'Change cluster settings; answered once applied on this node',
+        body: Type.Partial(SettingsSchema, { minProperties: 1 }),
+        response: { 200: SettingsSchema, 400: problemRef, 401: problemRef, 403: problemRef, 409: problemRef, 503: problemRef, 504: problemRef },
+      },
+    },
+    async (request) => ({ ...(await cluster.updateSettings(request.body, { actor: actorOf(request), from: request.ip })) }),
   );
 }

@@ -3,6 +3,9 @@
 import type { Command } from 'commander';
 import type { ContextFactory } from '../program.js';
 import { keyValues, table } from '../output.js';
+import { parsePositiveInt } from '../program.js';
+import { CliUsageError } from '../exit.js';
+import { readState } from './nodes.js';
 
 export interface ClusterMemberOut {
   id: string;
@@ -99,4 +102,45 @@ export function registerClusterInitStatusCommands(program: Command, context: Con
       const status = await ctx.client().get<ClusterStatusOut>('/v1/cluster/status');
       ctx.output.result(status, formatStatus);
     });
+
+  const settings = cluster.command('settings').description('cluster settings (voter count cap, voter replacement timeout)');
+  settings
+    .command('show')
+    .description('show the cluster settings')
+    .option('--stale', 'read the node\'s own state without a read point (works without quorum)', false)
+    .action(async (opts: { stale: boolean }, cmd: Command) => {
+      const ctx = context(cmd);
+      ctx.output.result(await readState<SettingsOut>(ctx, '/v1/cluster/settings', opts.stale), formatSettings);
+    });
+  settings
+    .command('set')
+    .description('change cluster settings; needs an admin token')
+    .option('--max-voters <n>', 'most voters the leader keeps: 1, 3 or 5 (it keeps 3, or 5 from 5 members, up to this)', parseMaxVoters)
+    .option('--voter-replace-after <seconds>', 'replace a voter unreachable this long by a healthy learner', parsePositiveInt)
+    .action(async (opts: { maxVoters?: 1 | 3 | 5; voterReplaceAfter?: number }, cmd: Command) => {
+      const ctx = context(cmd);
+      const body = {
+        ...(opts.maxVoters === undefined ? {} : { desiredVoters: opts.maxVoters }),
+        ...(opts.voterReplaceAfter === undefined ? {} : { voterReplaceAfterMs: opts.voterReplaceAfter * 1000 }),
+      };
+      if (Object.keys(body).length === 0) throw new CliUsageError('nothing to set: give --max-voters and/or --voter-replace-after');
+      ctx.output.result(await ctx.client().patch<SettingsOut>('/v1/cluster/settings', body), formatSettings);
+    });
+}
+
+interface SettingsOut {
+  desiredVoters: number;
+  voterReplaceAfterMs: number;
+}
+
+function formatSettings(s: SettingsOut): string {
+  return keyValues([
+    ['max voters', s.desiredVoters],
+    ['replace unreachable voter after', `${s.voterReplaceAfterMs / 1000} s`],
+  ]);
+}
+
+function parseMaxVoters(value: string): 1 | 3 | 5 {
+  if (value === '1' || value === '3' || value === '5') return Number(value) as 1 | 3 | 5;
+  throw new CliUsageError(`--max-voters must be 1, 3 or 5, got "${value}"`);
 }
