@@ -92,12 +92,55 @@ export const VmSpecSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** Figures of a migration in flight, written by the source node as it goes (at most about once a second). */
 export const MigrationProgressSchema = Type.Object(
   {
+    /** What is happening inside the phase, for people (e.g. "mirroring disks", "RAM pass 3", "waiting for the target"). */
+    step: Type.Optional(Type.String({ maxLength: 256 })),
+    /** Guest bytes to move (RAM + disks) and moved so far, before compression. */
     bytesTotal: Type.Optional(Type.Integer({ minimum: 0 })),
     bytesTransferred: Type.Optional(Type.Integer({ minimum: 0 })),
+    bytesRemaining: Type.Optional(Type.Integer({ minimum: 0 })),
+    diskBytesTotal: Type.Optional(Type.Integer({ minimum: 0 })),
+    diskBytesTransferred: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** Bytes sent on the link (after compression and framing), and raw / wire. */
+    wireBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    ratio: Type.Optional(Type.Number({ minimum: 0 })),
+    /** Raw and on-the-wire rates over the last interval. */
+    rateBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+    wireRateBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
     dirtyRateBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+    /** The zstd level in use (0 = sent raw). */
+    compressionLevel: Type.Optional(Type.Integer({ minimum: 0, maximum: 22 })),
+    /** The convergence prediction: will pre-copy finish within the downtime limit, and roughly when. */
+    converging: Type.Optional(Type.Boolean()),
+    predictedRemainingMs: Type.Optional(Type.Number({ minimum: 0 })),
     expectedDowntimeMs: Type.Optional(Type.Number({ minimum: 0 })),
+    /** Auto-converge's current guest CPU throttle. */
+    cpuThrottlePercent: Type.Optional(Type.Integer({ minimum: 0, maximum: 100 })),
+    postcopy: Type.Optional(Type.Boolean()),
+    /** Set once finished: the measured pause of the guest (source stop to target run) and the whole duration. */
+    downtimeMs: Type.Optional(Type.Number({ minimum: 0 })),
+    durationMs: Type.Optional(Type.Number({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+
+/** How a migration runs; the API fills in every default, so the record says exactly what was asked. */
+export const MigrationOptionsSchema = Type.Object(
+  {
+    /** Longest pause of the guest at switch-over that pre-copy aims for (QEMU downtime-limit). */
+    downtimeLimitMs: Type.Integer({ minimum: 1, maximum: 60_000 }),
+    /** A migration not finished this long after it started transferring is cancelled; the VM stays on the source. */
+    deadlineMs: Type.Integer({ minimum: 1_000, maximum: 24 * 3600 * 1000 }),
+    /** Let QEMU throttle the guest's vCPUs when pre-copy does not converge. */
+    autoConverge: Type.Boolean(),
+    /** Opt-in last resort: switch to post-copy when pre-copy cannot converge (a link failure then loses the VM). */
+    postcopy: Type.Boolean(),
+    /** Cap on the link bytes this migration sends per second; null = none (the node's own cap still applies). */
+    maxBandwidthBytesPerSec: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()]),
+    /** `adaptive`: the controller picks the zstd level as the link changes; `off`: raw; a number: that level always. */
+    compression: Type.Union([Type.Literal('adaptive'), Type.Literal('off'), Type.Integer({ minimum: 1, maximum: 19 })]),
   },
   { additionalProperties: false },
 );
@@ -162,7 +205,7 @@ export const commandSchemas = {
   'image.add': command('image.add', { id: Sha256Schema, name: Type.String({ minLength: 1, maxLength: 255 }), sizeBytes: Type.Integer({ minimum: 0 }), node: NodeIdSchema }),
   /** With `node`: that node no longer holds the image; without: the image is forgotten (refused while a VM uses it). */
   'image.remove': command('image.remove', { id: Sha256Schema, node: Type.Optional(NodeIdSchema) }),
-  'migration.create': command('migration.create', { id: RecordIdSchema, vm: RecordIdSchema, target: NodeIdSchema }),
+  'migration.create': command('migration.create', { id: RecordIdSchema, vm: RecordIdSchema, target: NodeIdSchema, options: MigrationOptionsSchema }),
   'migration.advance': command('migration.advance', {
     id: RecordIdSchema,
     phase: MigrationPhaseSchema,
@@ -185,6 +228,17 @@ export type Actor = Static<typeof ActorSchema>;
 export type MemberInput = Static<typeof MemberInputSchema>;
 export type VmSpec = Static<typeof VmSpecSchema>;
 export type MigrationProgress = Static<typeof MigrationProgressSchema>;
+export type MigrationOptions = Static<typeof MigrationOptionsSchema>;
+
+/** What the API fills in for options a caller leaves out (QEMU's own downtime-limit default is 300 ms too). */
+export const migrationOptionsDefault: Readonly<MigrationOptions> = {
+  downtimeLimitMs: 300,
+  deadlineMs: 10 * 60_000,
+  autoConverge: true,
+  postcopy: false,
+  maxBandwidthBytesPerSec: null,
+  compression: 'adaptive',
+};
 export type Settings = Static<typeof SettingsSchema>;
 export type MemberRole = Static<typeof MemberRoleSchema>;
 export type MemberStatus = Static<typeof MemberStatusSchema>;

@@ -1,5 +1,5 @@
 // The records of the cluster state, as the read API hands them out: plain, deeply frozen data.
-import type { Actor, ApiRole, MemberRole, MemberStatus, MigrationPhase, MigrationProgress, ObservedState, PowerState, Settings, VmSpec } from './commands.js';
+import type { Actor, ApiRole, MemberRole, MemberStatus, MigrationOptions, MigrationPhase, MigrationProgress, ObservedState, PowerState, Settings, VmSpec } from './commands.js';
 
 export interface Member {
   /** libp2p peer id. */
@@ -49,6 +49,7 @@ export interface Migration {
   readonly vm: string;
   readonly source: string;
   readonly target: string;
+  readonly options: Readonly<MigrationOptions>;
   readonly phase: MigrationPhase;
   readonly reason: string | null;
   readonly progress: Readonly<MigrationProgress>;

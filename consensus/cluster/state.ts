@@ -616,6 +616,7 @@ export class ClusterStateMachine implements StateMachine {
       vm: vm.id,
       source: vm.owner,
       target: c.target,
+      options: c.options,
       phase: 'requested',
       reason: null,
       progress: {},

@@ -21,6 +21,12 @@ const compactionKeepEntries = 10;
 /** Writes made while the killed node is down: well over one snapshot interval plus the kept entries. */
 const writesWhileDown = 3 * snapshotEveryEntries;
 const loadClients = 6;
+/**
+ * Pause between one client's writes: the load writes API tokens, and the cluster keeps at most 1000 (apiTokensMax),
+ * so 6 clients over at most ~4.5 s of load (before the kill, a failover within its bound, after) plus the writes made
+ * while a node is down must stay below that however fast the cluster answers.
+ */
+const loadPauseMs = 40;
 /** Load before the kill, and after the first post-kill acknowledgement. */
 const loadBeforeKillMs = 1_500;
 const loadAfterFailoverMs = 1_000;
@@ -111,6 +117,7 @@ describe('leader failover and catch-up through a snapshot', () => {
         if (r.status >= 200 && r.status < 300) {
           acked.set(name, { node: target.name, startedAt, endedAt });
           if (killedAt !== 0 && startedAt >= killedAt && firstAckAfterKill === 0) firstAckAfterKill = endedAt;
+          await new Promise((res) => setTimeout(res, loadPauseMs));
         } else {
           const k = `${target.name}${killedAt !== 0 && startedAt >= killedAt ? '(after kill)' : ''} ${outcome(r)}`;
           failures.set(k, (failures.get(k) ?? 0) + 1);

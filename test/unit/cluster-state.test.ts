@@ -12,6 +12,7 @@ import {
   encodeCommand,
   hashSecret,
   migrate,
+  migrationOptionsDefault,
   migrationTransitions,
   snapshotFormat,
   validateCommand,
@@ -213,9 +214,9 @@ describe('kernel and initrd images', () => {
 describe('migrations', () => {
   it('runs requested → completed and moves the owner in the same entry', () => {
     const h = withVm();
-    h.run('migration.create', { id: 'm1', vm: 'vm1', target: B });
-    expect(h.sm.getMigration('m1')).toMatchObject({ source: A, target: B, phase: 'requested', finishedAt: null });
-    expect(h.refused('migration.create', { id: 'm2', vm: 'vm1', target: C })).toBe('conflict'); // one at a time
+    h.run('migration.create', { id: 'm1', vm: 'vm1', target: B, options: migrationOptionsDefault });
+    expect(h.sm.getMigration('m1')).toMatchObject({ source: A, target: B, phase: 'requested', finishedAt: null, options: migrationOptionsDefault });
+    expect(h.refused('migration.create', { id: 'm2', vm: 'vm1', target: C, options: migrationOptionsDefault })).toBe('conflict'); // one at a time
     expect(h.refused('vm.delete', { id: 'vm1' })).toBe('conflict');
     expect(h.refused('vm.setOwner', { id: 'vm1', owner: C })).toBe('conflict');
     expect(h.refused('member.remove', { id: B })).toBe('conflict');
@@ -229,12 +230,12 @@ describe('migrations', () => {
     expect(h.sm.getMigration('m1')).toMatchObject({ phase: 'completed', finishedAt: t0 + 9_000 });
     expect(h.sm.getVm('vm1')).toMatchObject({ owner: B, version: 2 });
     expect(h.refused('migration.advance', { id: 'm1', phase: 'failed' })).toBe('migration_transition_invalid');
-    expect(h.refused('migration.create', { id: 'm2', vm: 'vm1', target: B })).toBe('conflict'); // already there
-    h.run('migration.create', { id: 'm2', vm: 'vm1', target: C });
+    expect(h.refused('migration.create', { id: 'm2', vm: 'vm1', target: B, options: migrationOptionsDefault })).toBe('conflict'); // already there
+    h.run('migration.create', { id: 'm2', vm: 'vm1', target: C, options: migrationOptionsDefault });
     h.run('migration.advance', { id: 'm2', phase: 'failed', reason: 'target unreachable' });
     expect(h.sm.getMigration('m2')).toMatchObject({ phase: 'failed', reason: 'target unreachable' });
     expect(h.sm.getVm('vm1')?.owner).toBe(B); // a failed migration leaves the VM on the source
-    expect(h.refused('migration.create', { id: 'm1', vm: 'vm1', target: A })).toBe('already_exists');
+    expect(h.refused('migration.create', { id: 'm1', vm: 'vm1', target: A, options: migrationOptionsDefault })).toBe('already_exists');
     expect(h.refused('migration.advance', { id: 'nope', phase: 'failed' })).toBe('not_found');
   });
 
@@ -252,7 +253,7 @@ describe('migrations', () => {
     for (const from of phases) {
       for (const to of phases) {
         const h = withVm();
-        h.run('migration.create', { id: 'm', vm: 'vm1', target: B });
+        h.run('migration.create', { id: 'm', vm: 'vm1', target: B, options: migrationOptionsDefault });
         for (const p of path[from]) h.run('migration.advance', { id: 'm', phase: p });
         const legal = migrationTransitions[from].includes(to);
         if (legal) h.run('migration.advance', { id: 'm', phase: to });
@@ -364,7 +365,7 @@ describe('change notifications', () => {
   it('reports index, type and ids after each apply and on restore', () => {
     const h = withVm();
     h.events.length = 0;
-    h.run('migration.create', { id: 'm1', vm: 'vm1', target: B });
+    h.run('migration.create', { id: 'm1', vm: 'vm1', target: B, options: migrationOptionsDefault });
     expect(h.events).toEqual([{ index: h.index, type: 'migration.create', ids: ['m1', 'vm1'] }]);
     h.sm.restore(h.sm.snapshot(), 99);
     expect(h.events[1]).toEqual({ index: 99, type: 'snapshot.restore', ids: [] });
@@ -486,7 +487,7 @@ const bodyArb: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   vmIdArb.map((id) => ({ type: 'vm.delete', id })),
   nodeArb.map((n) => ({ type: 'image.add', id: imageId, name: 'img', sizeBytes: 10, node: n })),
   fc.option(nodeArb, { nil: undefined }).map((n) => (n === undefined ? { type: 'image.remove', id: imageId } : { type: 'image.remove', id: imageId, node: n })),
-  { arbitrary: fc.record({ id: migIdArb, vm: vmIdArb, target: nodeArb }).map((b) => ({ type: 'migration.create', ...b })), weight: 3 },
+  { arbitrary: fc.record({ id: migIdArb, vm: vmIdArb, target: nodeArb }).map((b) => ({ type: 'migration.create', ...b, options: migrationOptionsDefault })), weight: 3 },
   // Weighted: a migration reaches `completed` only through four legal steps in a row.
   { arbitrary: fc.record({ id: migIdArb, phase: phaseArb }).map((b) => ({ type: 'migration.advance', ...b, progress: { bytesTransferred: 1 } })), weight: 12 },
   fc.record({ id: fc.constantFrom('t1', 't2'), s: secretArb, role: fc.constantFrom('admin', 'viewer') }).map((b) => ({ type: 'token.create', id: b.id, name: 'n', role: b.role, secretHash: hashSecret(b.s) })),
