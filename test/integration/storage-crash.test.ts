@@ -25,6 +25,7 @@ import { LevelRaftStorage } from '../../consensus/storage/leveldb.js';
 import { MemoryRaftStorage } from '../../consensus/storage/memory.js';
 import type { ConfState, Entry, HardState, RaftStorage } from '../../consensus/types.js';
 import type { AppliedStore } from '../../consensus/storage/base.js';
+import { mulberry32 } from '../support/random.js';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 const writerPath = resolve(repoRoot, 'test/support/storage-crash-writer.mjs');
@@ -50,16 +51,6 @@ type Op =
   | { kind: 'install'; index: number; term: number; size: number; conf: ConfState }
   | { kind: 'applied'; index: number; size: number };
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A valid Raft-like write sequence: terms never go back, commit never goes back, only uncommitted entries are overwritten. */
 function makeProgram(seed: number, n: number): Op[] {

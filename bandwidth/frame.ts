@@ -1,0 +1,85 @@
+// The wire format of the codec: a fixed 12-byte header, then the payload.
+//
+//   0      magic 0x4e ('N')          4..7   raw length (u32 BE): bytes this frame stands for
+//   1      format version (1)        8..11  payload length (u32 BE): bytes that follow the header
+//   2      kind: raw | zstd | zero | end
+//   3      zstd level (0 unless zstd)
+//
+// No checksum: the stream below (TCP under Noise's AEAD) already guarantees integrity, and QEMU's migration
+// stream and NBD have their own structure. Every length is bounded before anything is allocated.
+import { BandwidthError } from './errors.js';
+
+export const frameMagic = 0x4e;
+export const frameVersion = 1;
+export const frameHeaderBytes = 12;
+/** Largest raw chunk one frame may stand for; the encoder's chunks are smaller (chunkBytesDefault). */
+export const frameRawBytesMax = 1024 * 1024;
+/** zstd's worst case for a chunk of frameRawBytesMax is a little over it (ZSTD_compressBound); this covers it. */
+export const framePayloadBytesMax = frameRawBytesMax + 64 * 1024;
+export const zstdLevelMax = 22;
+
+export const FrameKind = { raw: 0, zstd: 1, zero: 2, end: 3 } as const;
+export type FrameKindName = keyof typeof FrameKind;
+const kindNames: readonly FrameKindName[] = ['raw', 'zstd', 'zero', 'end'];
+
+export interface FrameHeader {
+  kind: FrameKindName;
+  level: number;
+  rawBytes: number;
+  payloadBytes: number;
+}
+
+export function encodeHeader(h: FrameHeader): Uint8Array {
+  const out = new Uint8Array(frameHeaderBytes);
+  const view = new DataView(out.buffer);
+  out[0] = frameMagic;
+  out[1] = frameVersion;
+  out[2] = FrameKind[h.kind];
+  out[3] = h.level;
+  view.setUint32(4, h.rawBytes);
+  view.setUint32(8, h.payloadBytes);
+  return out;
+}
+
+/** A frame as one buffer: header and payload. */
+export function encodeFrame(h: Omit<FrameHeader, 'payloadBytes'>, payload: Uint8Array | null): Uint8Array {
+  const payloadBytes = payload?.byteLength ?? 0;
+  const out = new Uint8Array(frameHeaderBytes + payloadBytes);
+  out.set(encodeHeader({ ...h, payloadBytes }), 0);
+  if (payload !== null) out.set(payload, frameHeaderBytes);
+  return out;
+}
+
+/** Parses and checks a header; every rule a peer could break is refused here, before any allocation. */
+export function decodeHeader(b: Uint8Array): FrameHeader {
+  if (b.byteLength < frameHeaderBytes) throw invalid(`header needs ${frameHeaderBytes} bytes, got ${b.byteLength}`);
+  if (b[0] !== frameMagic) throw invalid(`bad magic 0x${(b[0] ?? 0).toString(16)}`);
+  if (b[1] !== frameVersion) throw invalid(`unsupported frame version ${b[1] ?? 0}`);
+  const kind = kindNames[b[2] ?? 255];
+  if (kind === undefined) throw invalid(`unknown frame kind ${b[2] ?? 0}`);
+  const level = b[3] ?? 0;
+  const view = new DataView(b.buffer, b.byteOffset, frameHeaderBytes);
+  const rawBytes = view.getUint32(4);
+  const payloadBytes = view.getUint32(8);
+  if (rawBytes > frameRawBytesMax) throw invalid(`frame stands for ${rawBytes} bytes, more than ${frameRawBytesMax}`);
+  if (payloadBytes > framePayloadBytesMax) throw invalid(`payload of ${payloadBytes} bytes, more than ${framePayloadBytesMax}`);
+  switch (kind) {
+    case 'raw':
+      if (level !== 0 || payloadBytes !== rawBytes || rawBytes === 0) throw invalid('a raw frame carries its bytes as they are');
+      break;
+    case 'zstd':
+      if (level < 1 || level > zstdLevelMax || payloadBytes === 0 || rawBytes === 0) throw invalid(`bad zstd frame (level ${level}, ${payloadBytes} bytes)`);
+      break;
+    case 'zero':
+      if (level !== 0 || payloadBytes !== 0 || rawBytes === 0) throw invalid('a zero frame has no payload');
+      break;
+    case 'end':
+      if (level !== 0 || payloadBytes !== 0 || rawBytes !== 0) throw invalid('an end frame is empty');
+      break;
+  }
+  return { kind, level, rawBytes, payloadBytes };
+}
+
+function invalid(message: string): BandwidthError {
+  return new BandwidthError('bandwidth_frame_invalid', `invalid frame: ${message}`);
+}
