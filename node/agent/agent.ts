@@ -4,6 +4,8 @@
 // cluster state are deleted. A QEMU that dies on its own is reported as `error` with the reason and is NOT started
 // again until the desired state is set again (any vm.setDesired bumps the VM's version); a restart policy is future
 // work. After a node restart the agent re-attaches to the QEMUs that kept running instead of starting new ones.
+// While a VM migrates (node/migration/), its QEMU belongs to the migration: the agent neither resumes, stops nor
+// restarts it, and leaves alone the incoming QEMU of a VM this node is about to own.
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, rm } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
@@ -56,6 +58,11 @@ export interface VmAgentOptions {
   unusableReason?: string | null;
   reconcileIntervalMs?: number;
   reportBackoffMs?: number;
+  /**
+   * Live migrations in progress on this node (node/migration/service.ts): while a VM migrates out ('source') or in
+   * ('target') its QEMU belongs to the migration, and the agent neither resumes, stops nor restarts it.
+   */
+  migrations?: { role(vmId: string): 'source' | 'target' | null };
 }
 
 export interface AgentCounts {
@@ -96,6 +103,40 @@ export async function tailLines(file: string, lines: number, maxBytes = consoleT
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * A VM's QEMU configuration with node-local paths: disks (qcow2 overlays over their base images, or blank, created in
+ * <vmsDir>/<id> when missing) and boot files (fetched from peers when this node lacks them). The agent uses it to
+ * start owned VMs; the migration target to start the incoming QEMU of the same VM.
+ */
+export async function prepareVmConfig(vm: Vm, images: ImageSource, vmsDir: string): Promise<QemuVmConfig> {
+  const dir = join(vmsDir, vm.id);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const diskPaths: string[] = [];
+  for (const [i, d] of vm.spec.disks.entries()) {
+    const path = join(dir, `disk${i}.qcow2`);
+    if (!existsSync(path)) {
+      if (d.imageId !== undefined) await images.ensure(d.imageId);
+      try {
+        await images.createDisk(path, d.imageId ?? null, d.sizeGiB);
+      } catch (err) {
+        await rm(path, { force: true });
+        throw err;
+      }
+    }
+    diskPaths.push(path);
+  }
+  const resolveBoot = async (ref: string | undefined, what: string): Promise<string | undefined> => {
+    if (ref === undefined) return undefined;
+    if (isImageRef(ref)) return (await images.ensure(ref)).path;
+    if (!isAbsolute(ref)) throw new ConflictError(`${what} ${ref} is neither an image id nor an absolute path`);
+    if (!existsSync(ref)) throw new ConflictError(`${what} ${ref} does not exist on this node`);
+    return ref;
+  };
+  const kernel = await resolveBoot(vm.spec.kernel, 'kernel');
+  const initrd = await resolveBoot(vm.spec.initrd, 'initrd');
+  return configFromSpec(vm.id, vm.name, vm.spec, { diskPaths, ...(kernel === undefined ? {} : { kernel }), ...(initrd === undefined ? {} : { initrd }) });
 }
 
 export class NotOwnerError extends NovaError {
@@ -211,10 +252,27 @@ export class VmAgent {
         if (passes >= orphanPassesMin) await this.guard(id, () => this.destroy(id));
       } else {
         this.absentPasses.delete(id);
-        if (vm.owner !== self && running.has(id)) await this.guard(id, () => this.stopForeign(vm));
+        // An incoming QEMU of a migration to this node runs before this node owns the VM: leave it to the migration.
+        if (vm.owner !== self && running.has(id) && this.migrationRole(id) === null) await this.guard(id, () => this.stopForeign(vm));
       }
     }
-    for (const vm of vms) if (vm.owner === self && !this.stopped) await this.guard(vm.id, () => this.reconcileVm(vm));
+    for (const vm of vms) {
+      if (vm.owner !== self || this.stopped) continue;
+      const role = this.migrationRole(vm.id);
+      if (role === 'source') {
+        // The guest pauses at switch-over and QEMU reports inmigrate/postmigrate states: resuming it here could make
+        // two running copies. Report the migration instead; the pass after it ends reconciles as usual.
+        await this.guard(vm.id, () => this.report(vm.id, 'migrating', 'live migration to another node in progress'));
+        continue;
+      }
+      // Completed but not yet resumed by the migration (it runs `cont` itself and measures the downtime).
+      if (role === 'target') continue;
+      await this.guard(vm.id, () => this.reconcileVm(vm));
+    }
+  }
+
+  private migrationRole(vmId: string): 'source' | 'target' | null {
+    return this.options.migrations?.role(vmId) ?? null;
   }
 
   private async guard(vmId: string, fn: () => Promise<void>): Promise<void> {
@@ -358,33 +416,8 @@ export class VmAgent {
   }
 
   /** Disks (qcow2 overlays over their base images, or blank) and boot files as local paths. */
-  private async prepare(vm: Vm): Promise<QemuVmConfig> {
-    const dir = join(this.options.vmsDir, vm.id);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const diskPaths: string[] = [];
-    for (const [i, d] of vm.spec.disks.entries()) {
-      const path = join(dir, `disk${i}.qcow2`);
-      if (!existsSync(path)) {
-        if (d.imageId !== undefined) await this.options.images.ensure(d.imageId);
-        try {
-          await this.options.images.createDisk(path, d.imageId ?? null, d.sizeGiB);
-        } catch (err) {
-          await rm(path, { force: true });
-          throw err;
-        }
-      }
-      diskPaths.push(path);
-    }
-    const resolveBoot = async (ref: string | undefined, what: string): Promise<string | undefined> => {
-      if (ref === undefined) return undefined;
-      if (isImageRef(ref)) return (await this.options.images.ensure(ref)).path;
-      if (!isAbsolute(ref)) throw new ConflictError(`${what} ${ref} is neither an image id nor an absolute path`);
-      if (!existsSync(ref)) throw new ConflictError(`${what} ${ref} does not exist on this node`);
-      return ref;
-    };
-    const kernel = await resolveBoot(vm.spec.kernel, 'kernel');
-    const initrd = await resolveBoot(vm.spec.initrd, 'initrd');
-    return configFromSpec(vm.id, vm.name, vm.spec, { diskPaths, ...(kernel === undefined ? {} : { kernel }), ...(initrd === undefined ? {} : { initrd }) });
+  private prepare(vm: Vm): Promise<QemuVmConfig> {
+    return prepareVmConfig(vm, this.options.images, this.options.vmsDir);
   }
 
   /** Writes the observed state through Raft when it differs from the replicated one; bounded retries with backoff. */

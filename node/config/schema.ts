@@ -28,6 +28,9 @@ export const shutdownTimeoutMsDefault = 10_000;
  */
 export const electionTimeoutTicksDefault = 8;
 export const logFileMaxBytesDefault = 50 * 1024 * 1024;
+/** Upper bound of migration.maxConcurrent: each migration holds a QEMU stream, NBD exports and mesh streams. */
+export const migrationsConcurrentMax = 16;
+export const migrationMaxConcurrentDefault = 2;
 
 const LogLevel = Type.Union(
   [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace')],
@@ -107,6 +110,20 @@ export const NodeConfigSchema = Type.Object(
       },
       { additionalProperties: false },
     ),
+    migration: Type.Object(
+      {
+        maxBandwidthBytesPerSec: Type.Integer({
+          minimum: 0,
+          description: 'Cap on the link bytes all live migrations of this node send per second together (shared by every migration out of it); 0 = no cap.',
+        }),
+        maxConcurrent: Type.Integer({
+          minimum: 1,
+          maximum: migrationsConcurrentMax,
+          description: 'Live migrations this node drives as source at once; more wait their turn in the requested phase.',
+        }),
+      },
+      { additionalProperties: false },
+    ),
     raft: Type.Object(
       {
         tickIntervalMs: Type.Integer({ minimum: 5, maximum: 10_000, description: 'Length of one Raft tick (the unit of election and heartbeat timeouts).' }),
@@ -157,6 +174,7 @@ export function configDefaults(): NodeConfig {
       telemetryTtlMs: 0,
       maxConnections: maxConnectionsDefault,
     },
+    migration: { maxBandwidthBytesPerSec: 0, maxConcurrent: migrationMaxConcurrentDefault },
     raft: {
       tickIntervalMs: tickIntervalMsDefault,
       electionTimeoutTicks: electionTimeoutTicksDefault,

@@ -65,6 +65,13 @@ export interface QemuArgsOptions {
   /** Default: `host` under KVM, `max` under TCG. */
   cpuModel?: string;
   machine?: string;
+  /** Start paused, waiting for a live migration the caller starts over QMP (`migrate-incoming`). */
+  incoming?: boolean;
+}
+
+/** The block node (format layer) of disk i: named so the migration engine can mirror it and export it over NBD. */
+export function diskNodeName(index: number): string {
+  return `disk${index}-fmt`;
 }
 
 export function vmPaths(runDir: string, vmId: string): QemuVmPaths {
@@ -145,7 +152,7 @@ export function buildQemuArgs(vm: QemuVmConfig, options: QemuArgsOptions): strin
   ];
   vm.disks.forEach((d, i) => {
     const ro = d.readOnly === true ? ',read-only=on' : '';
-    args.push('-drive', `file=${path(d.path, `disk ${i}`)},format=${d.format ?? 'qcow2'},if=none,id=disk${i},cache=writeback,discard=unmap${ro}`);
+    args.push('-drive', `file=${path(d.path, `disk ${i}`)},format=${d.format ?? 'qcow2'},if=none,id=disk${i},node-name=${diskNodeName(i)},cache=writeback,discard=unmap${ro}`);
     args.push('-device', `virtio-blk-pci,drive=disk${i},id=vd${i}${i === 0 ? ',bootindex=1' : ''}`);
   });
   vm.nics.forEach((n, i) => {
@@ -163,6 +170,7 @@ export function buildQemuArgs(vm: QemuVmConfig, options: QemuArgsOptions): strin
   if (vm.kernel !== undefined) args.push('-kernel', vm.kernel);
   if (vm.initrd !== undefined) args.push('-initrd', vm.initrd);
   if (vm.cmdline !== undefined) args.push('-append', vm.cmdline);
+  if (options.incoming === true) args.push('-S', '-incoming', 'defer');
   return args;
 }
 

@@ -215,13 +215,30 @@ export class QemuDriver {
     return this.entry(vmId).record;
   }
 
+  /** Starts QEMU paused (-S) waiting for a live migration (-incoming defer); the migration engine drives it over QMP. */
+  startIncoming(config: QemuVmConfig): Promise<RuntimeRecord> {
+    return this.start(config, { incoming: true });
+  }
+
+  /** The VM's QMP connection (reconnected if it dropped), for the migration engine. */
+  async qmp(vmId: string): Promise<QmpClient> {
+    const entry = this.entry(vmId);
+    if (entry.exitReason !== null) throw new VmNotRunningError(`VM ${vmId} is not running: ${entry.exitReason}`);
+    return this.qmpOf(entry);
+  }
+
   /** Starts QEMU for a VM; resolves once its QMP socket answers. */
-  async start(config: QemuVmConfig): Promise<RuntimeRecord> {
+  async start(config: QemuVmConfig, startOptions: { incoming?: boolean } = {}): Promise<RuntimeRecord> {
     const existing = this.entries.get(config.id);
     if (existing !== undefined && existing.exitReason === null) throw new ConflictError(`VM ${config.id} is already running (pid ${existing.record.pid})`);
     if (existing !== undefined) await this.cleanupRuntime(existing, false);
     const paths = vmPaths(this.options.runDir, config.id);
-    const args = buildQemuArgs(config, { accel: this.options.accel, paths, ...(this.options.cpuModel === undefined ? {} : { cpuModel: this.options.cpuModel }) });
+    const args = buildQemuArgs(config, {
+      accel: this.options.accel,
+      paths,
+      incoming: startOptions.incoming === true,
+      ...(this.options.cpuModel === undefined ? {} : { cpuModel: this.options.cpuModel }),
+    });
     await mkdir(paths.dir, { recursive: true, mode: 0o700 });
     await Promise.all([paths.qmpSocket, paths.consoleSocket, paths.pidFile, paths.record].map((p) => rm(p, { force: true })));
     const out = openSync(paths.stderrLog, 'a', 0o600);
@@ -342,7 +359,7 @@ export class QemuDriver {
     const pid = entry.record.pid;
     if (entry.exitReason !== null) return { vmId, state: 'exited', pid, reason: entry.exitReason };
     try {
-      const qmp = await this.qmp(entry);
+      const qmp = await this.qmpOf(entry);
       const { status } = await qmp.execute<{ status: string; running: boolean }>('query-status', undefined, { timeoutMs: this.qmpTimeoutMs });
       return { vmId, state: mapRunState(status), pid, qemuStatus: status, ...(mapRunState(status) === 'error' ? { reason: `QEMU run state ${status}` } : {}) };
     } catch (err) {
@@ -412,7 +429,7 @@ export class QemuDriver {
     const entry = this.entry(vmId);
     if (entry.exitReason !== null) throw new VmNotRunningError(`VM ${vmId} is not running: ${entry.exitReason}`);
     const pid = entry.record.pid;
-    const qmp = await this.qmp(entry);
+    const qmp = await this.qmpOf(entry);
     const timeoutMs = this.qmpTimeoutMs;
     const [memory, blockstats, proc, taps] = await Promise.all([
       qmp.execute<Record<string, unknown>>('query-memory-size-summary', undefined, { timeoutMs }),
@@ -476,13 +493,13 @@ export class QemuDriver {
   private async command(vmId: string, command: string): Promise<void> {
     const entry = this.entry(vmId);
     if (entry.exitReason !== null) throw new VmNotRunningError(`VM ${vmId} is not running: ${entry.exitReason}`);
-    const qmp = await this.qmp(entry);
+    const qmp = await this.qmpOf(entry);
     await qmp.execute(command, undefined, { timeoutMs: this.qmpTimeoutMs });
     this.log.info({ vmId, command }, 'VM command done');
   }
 
   /** The entry's QMP connection, reconnecting if it dropped while QEMU lives on. */
-  private async qmp(entry: Entry): Promise<QmpClient> {
+  private async qmpOf(entry: Entry): Promise<QmpClient> {
     if (entry.qmp !== null && !entry.qmp.closed) return entry.qmp;
     entry.qmp = await this.connect(entry, this.qmpTimeoutMs);
     return entry.qmp;
@@ -526,7 +543,7 @@ export class QemuDriver {
     const { pid, vmId } = entry.record;
     let paused = false;
     try {
-      const qmp = await this.qmp(entry);
+      const qmp = await this.qmpOf(entry);
       const { status } = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: this.qmpTimeoutMs });
       paused = status !== 'running';
       // A paused guest cannot see the power button; go straight to quit.
@@ -538,7 +555,7 @@ export class QemuDriver {
       this.log.warn({ vmId, err }, 'ACPI shutdown not possible');
     }
     try {
-      const qmp = await this.qmp(entry);
+      const qmp = await this.qmpOf(entry);
       await qmp.execute('quit', undefined, { timeoutMs: quitTimeoutMs }).catch(() => undefined); // QEMU may drop QMP before replying
       if (await this.waitGone(pid, vmId, quitTimeoutMs)) return 'quit';
     } catch (err) {

@@ -49,10 +49,17 @@ describe('buildQemuArgs', () => {
   it('attaches disks as virtio-blk, the first one bootable, with commas in paths escaped', () => {
     const args = buildQemuArgs(base({ disks: [{ path: '/d/a,b.qcow2' }, { path: '/d/seed.img', format: 'raw', readOnly: true }] }), { accel: 'tcg', paths });
     expect(flags(args, '-drive')).toEqual([
-      'file=/d/a,,b.qcow2,format=qcow2,if=none,id=disk0,cache=writeback,discard=unmap',
-      'file=/d/seed.img,format=raw,if=none,id=disk1,cache=writeback,discard=unmap,read-only=on',
+      'file=/d/a,,b.qcow2,format=qcow2,if=none,id=disk0,node-name=disk0-fmt,cache=writeback,discard=unmap',
+      'file=/d/seed.img,format=raw,if=none,id=disk1,node-name=disk1-fmt,cache=writeback,discard=unmap,read-only=on',
     ]);
     expect(flags(args, '-device')).toEqual(['virtio-blk-pci,drive=disk0,id=vd0,bootindex=1', 'virtio-blk-pci,drive=disk1,id=vd1']);
+  });
+
+  it('starts paused waiting for a migration only when asked (incoming)', () => {
+    expect(buildQemuArgs(base(), { accel: 'tcg', paths })).not.toContain('-incoming');
+    const args = buildQemuArgs(base(), { accel: 'tcg', paths, incoming: true });
+    expect(flag(args, '-incoming')).toBe('defer');
+    expect(args).toContain('-S');
   });
 
   it('uses user-mode networking with loopback port forwards by default, and a bridge when configured', () => {
