@@ -16,6 +16,7 @@ import type { Mesh } from '../mesh/mesh.js';
 import type { ClusterService } from './cluster/service.js';
 import { join } from 'node:path';
 import type { VmAgent } from './agent/agent.js';
+import type { MigrationService } from './migration/service.js';
 
 export interface NodeStartOptions {
   config: NodeConfig;
@@ -28,7 +29,7 @@ const slowShutdownStepMs = 1_000;
 export class NovaNode {
   private stopping: Promise<void> | null = null;
   /** stopped with the node (the agent disconnects from QEMU; VMs keep running). */
-  private vms: { agent: VmAgent } | null = null;
+  private vms: { agent: VmAgent; migrations: MigrationService } | null = null;
   private readonly startedAtMs = Date.now();
 
   private constructor(
@@ -49,6 +50,7 @@ export class NovaNode {
     let mesh: Mesh | undefined;
     let cluster: ClusterService | undefined;
     let agentRef: VmAgent | undefined;
+    let migrationsRef: MigrationService | undefined;
     try {
       const qemu = await probeQemu(config.hypervisor.qemuBinary);
       if (!qemu.supported) {
@@ -130,20 +132,51 @@ export class NovaNode {
       const clusterForVms = cluster;
       const meshForVms = mesh;
       const vmRunDir = join(layout.run, 'vms');
+      // Live migration (node/migration/service.ts over the engine in migration/): it drives the agent's QEMU driver.
+      const { MigrationService } = await import('./migration/service.js');
+      const { qemuMigrationEngine } = await import('../migration/index.js');
+      const { RateLimiter } = await import('../bandwidth/index.js');
+      const { registerMigrationRoutes } = await import('./api/routes/migrations.js');
+      let qemuDriver: InstanceType<typeof QemuDriver> | null = null;
+      const vmsReady = (): boolean => {
+        const raft = clusterForVms.raft;
+        if (!clusterForVms.initialised || clusterForVms.loading || raft === null) return false;
+        const s = raft.status();
+        return s.leader !== null && s.applied >= s.commit;
+      };
+      const nodeCapBytesPerSec = config.migration.maxBandwidthBytesPerSec;
+      const migrations = new MigrationService({
+        nodeId: mesh.peerId,
+        state: cluster.state,
+        propose: (cmd) => clusterForVms.propose(cmd),
+        ready: vmsReady,
+        driver: () => qemuDriver,
+        engine: qemuMigrationEngine,
+        images,
+        mesh: meshForVms.protocols,
+        link: (peer) => {
+          const l = meshForVms.linkTo(peer);
+          return { rttMs: l?.rttMs ?? null, throughputBytesPerSec: l?.throughputBytesPerSec ?? null };
+        },
+        connected: (peer) => meshForVms.isConnected(peer),
+        vmsDir: layout.vms,
+        // Short: unix socket paths (108 bytes) live under here.
+        workDir: join(layout.run, 'mig'),
+        limiters: nodeCapBytesPerSec > 0 ? [new RateLimiter({ bytesPerSec: nodeCapBytesPerSec, nowMs: () => performance.now() })] : [],
+        maxConcurrent: config.migration.maxConcurrent,
+        logger,
+      });
       const agent = new VmAgent({
         nodeId: mesh.peerId,
         state: cluster.state,
         propose: (cmd) => clusterForVms.propose(cmd),
-        ready: () => {
-          const raft = clusterForVms.raft;
-          if (!clusterForVms.initialised || clusterForVms.loading || raft === null) return false;
-          const s = raft.status();
-          return s.leader !== null && s.applied >= s.commit;
-        },
+        ready: vmsReady,
         createDriver: async () => {
           const choice = await chooseAccel(config.hypervisor.qemuBinary, config.hypervisor.accel, logger);
-          return new QemuDriver({ runDir: vmRunDir, qemuBinary: config.hypervisor.qemuBinary, accel: choice.accel, logger });
+          qemuDriver = new QemuDriver({ runDir: vmRunDir, qemuBinary: config.hypervisor.qemuBinary, accel: choice.accel, logger });
+          return qemuDriver;
         },
+        migrations,
         images,
         vmsDir: layout.vms,
         runDir: vmRunDir,
@@ -153,13 +186,16 @@ export class NovaNode {
       await agent.start();
       agentRef = agent;
       await registerVmProtocol(mesh.protocols, agent);
-      node.vms = { agent };
+      await migrations.start();
+      migrationsRef = migrations;
+      node.vms = { agent, migrations };
       registerVmRoutes(api, {
         cluster,
         telemetry: () => meshForVms.viewList(),
         owner: new VmOwnerClient(mesh.peerId, agent, mesh.protocols),
         importDemoGuest: () => importDemoGuest(images),
       });
+      registerMigrationRoutes(api, { cluster, telemetry: () => meshForVms.viewList() });
       registerEventRoutes(api, { hub: events, authEnforced: () => clusterForAuth.authEnforced });
       const meshForView = mesh;
       registerMetricsRoutes(api, {
@@ -174,6 +210,7 @@ export class NovaNode {
       );
       return node;
     } catch (err) {
+      await migrationsRef?.stop().catch(() => undefined);
       await agentRef?.stop().catch(() => undefined);
       await cluster?.stop().catch(() => undefined);
       await mesh?.stop().catch(() => undefined);
@@ -236,6 +273,7 @@ export class NovaNode {
       try {
         await step('api', () => this.api.close());
         // the agent lets go of its QEMUs (they keep running) before Raft and the mesh stop.
+        await step('migrations', async () => this.vms?.migrations.stop().catch((err: unknown) => this.logger.error({ err }, 'migration service did not stop cleanly')));
         await step('vm agent', async () => this.vms?.agent.stop().catch((err: unknown) => this.logger.error({ err }, 'VM agent did not stop cleanly')));
         // Raft before the mesh: its transport streams ride on the mesh.
         await step('raft', () => this.cluster.stop().catch((err: unknown) => this.logger.error({ err }, 'raft did not close cleanly')));

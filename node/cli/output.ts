@@ -47,3 +47,46 @@ function formatCell(v: string | number | boolean | null | undefined): string {
   if (v === null || v === undefined || v === '') return '-';
   return String(v);
 }
+
+export function fmtBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** A progress bar redraws at most this often. */
+export const progressRedrawMs = 200;
+const progressBarChars = 30;
+
+/** A one-line progress bar on a TTY; nothing otherwise. `detail` replaces the default done/total figures. */
+export function progressBar(out: NodeJS.WriteStream | null, label: string, total: number): { update(done: number, detail?: string, newTotal?: number): void; end(detail?: string): void } {
+  let last = 0;
+  let whole = total;
+  let lastDone = 0;
+  const draw = (done: number, detail?: string): void => {
+    if (out === null) return;
+    const frac = whole === 0 ? 1 : Math.min(done / whole, 1);
+    const filled = Math.round(frac * progressBarChars);
+    // \x1b[K clears what a longer previous line left behind.
+    out.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(progressBarChars - filled)}] ${Math.floor(frac * 100)}% ${detail ?? `${fmtBytes(done)}/${fmtBytes(whole)}`}\x1b[K`);
+  };
+  return {
+    update(done, detail, newTotal) {
+      if (newTotal !== undefined) whole = newTotal;
+      lastDone = done;
+      const now = Date.now();
+      if (now - last < progressRedrawMs) return;
+      last = now;
+      draw(done, detail);
+    },
+    end(detail) {
+      draw(detail === undefined ? whole : lastDone, detail);
+      out?.write('\n');
+    },
+  };
+}

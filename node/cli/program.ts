@@ -11,6 +11,7 @@ import { registerNodeCommands as registerNodeMemberCommands } from './commands/n
 import { registerClusterInitStatusCommands } from './commands/cluster.js';
 import { registerTokenCommands } from './commands/token.js';
 import { registerEventsCommand } from './commands/events.js';
+import { registerMigrationCommands } from './commands/migrations.js';
 import { registerVmCommands } from './commands/vms.js';
 import { registerImageCommands } from './commands/images.js';
 import { novacronVersion } from '../version.js';
@@ -76,7 +77,7 @@ export function buildProgram(io: CliIo): { program: Command; context: ContextFac
   registerImageCommands(program, context);
   registerEventsCommand(program, context, io.out);
   registerVmCommands(program, context);
-  // Later groups register here: vm, migration, image.
+  registerMigrationCommands(program, context);
   program.commands.forEach(applyExitOverride);
   return { program, context };
 }

@@ -3,6 +3,7 @@
 // QEMU driver. Raft is the only place ownership changes: the source proposes every phase, the target goes live only
 // once its own applied state shows the migration completed with itself as owner, and the source resumes its guest
 // only while the record cannot complete any more. Decisions are in decide.ts; this file does the I/O.
+import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChangeEvent, ClusterCommand, Member, Migration, MigrationPhase, MigrationProgress, Vm } from '../../consensus/cluster/index.js';
@@ -131,6 +132,8 @@ export class MigrationService {
   private readonly handled = new Set<string>();
   /** Actions in progress per migration: one at a time. */
   private readonly busy = new Set<string>();
+  /** Prepare and cleanup of one VM on the target, in order (see withVmLock). */
+  private readonly vmLocks = new Map<string, Promise<void>>();
   private unsubscribe: (() => void) | null = null;
   private stopped = false;
   private started = false;
@@ -195,8 +198,9 @@ export class MigrationService {
     if (!this.started) {
       this.started = true;
       for (const m of all) if (isActive(m.phase) && (m.source === self || m.target === self)) this.inherited.add(m.id);
-      // Terminal records from before the restart: only the newest completed one per VM says where it lives now.
-      for (const m of all) if (!isActive(m.phase) && m.phase !== 'completed') this.handled.add(m.id);
+      // Terminal records from before the restart: only the newest completed one per VM says where it lives now. A
+      // failed or cancelled one as target stays unhandled: an incoming QEMU and overlays may have outlived the old process.
+      for (const m of all) if (!isActive(m.phase) && m.phase !== 'completed' && m.target !== self) this.handled.add(m.id);
       const newest = new Map<string, Migration>();
       for (const m of all) if (m.phase === 'completed' && (newest.get(m.vm)?.finishedAt ?? -1) < (m.finishedAt ?? 0)) newest.set(m.vm, m);
       for (const m of all) if (m.phase === 'completed' && newest.get(m.vm) !== m) this.handled.add(m.id);
@@ -267,12 +271,17 @@ export class MigrationService {
     const vm = this.options.state.getVm(m.vm);
     const entry = this.targets.get(id);
     const driver = this.options.driver();
+    // A QEMU of the VM that belongs to a newer migration to this node is not this record's leftover.
+    const newer =
+      [...this.targets.values()].some((t) => t.vmId === m.vm && t.migrationId !== id) ||
+      this.options.state.listMigrations().some((o) => o.id !== id && o.vm === m.vm && o.target === this.options.nodeId && isActive(o.phase));
     const action: TargetAction = decideTarget(m, {
       session: entry === undefined ? 'none' : entry.status,
       inherited: this.inherited.has(id),
       handled: this.handled.has(id),
       ownerIsSelf: vm?.owner === this.options.nodeId,
-      leftovers: driver?.list().includes(m.vm) === true,
+      // The QEMU (re-attached by the agent after a restart) or the overlay folder of an incoming copy.
+      leftovers: !newer && (driver?.list().includes(m.vm) === true || (!isActive(m.phase) && vm?.owner !== this.options.nodeId && existsSync(join(this.options.vmsDir, m.vm)))),
     });
     switch (action.kind) {
       case 'none':
@@ -522,7 +531,7 @@ export class MigrationService {
     if (existing?.preparing != null) return existing.preparing;
     const entry: TargetEntry = { migrationId: m.id, vmId: m.vm, session: null, status: 'preparing', preparing: null, live: null, channels: new Set() };
     this.targets.set(m.id, entry);
-    entry.preparing = this.doPrepare(m, entry);
+    entry.preparing = this.withVmLock(m.vm, () => this.doPrepare(m, entry));
     entry.preparing.catch(async (err: unknown) => {
       this.log.warn({ migrationId: m.id, err: errorMessage(err) }, 'preparing the target failed');
       await this.cleanupTarget(m, `prepare failed: ${errorMessage(err)}`);
@@ -618,8 +627,27 @@ export class MigrationService {
     return entry.live;
   }
 
+  /** Runs `fn` after every earlier prepare or cleanup of the same VM here: they share its QEMU and overlay folder. */
+  private withVmLock<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.vmLocks.get(vmId) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.vmLocks.set(vmId, tail);
+    void tail.then(() => {
+      if (this.vmLocks.get(vmId) === tail) this.vmLocks.delete(vmId);
+    });
+    return next;
+  }
+
   /** Kills the incoming QEMU and deletes the new overlays; never for a VM this node owns. */
-  private async cleanupTarget(m: Migration, reason: string): Promise<void> {
+  private cleanupTarget(m: Migration, reason: string): Promise<void> {
+    return this.withVmLock(m.vm, () => this.doCleanupTarget(m, reason));
+  }
+
+  private async doCleanupTarget(m: Migration, reason: string): Promise<void> {
     const entry = this.targets.get(m.id);
     this.targets.delete(m.id);
     if (entry !== undefined) {
@@ -628,6 +656,8 @@ export class MigrationService {
     }
     const vm = this.options.state.getVm(m.vm);
     if (vm?.owner === this.options.nodeId) return;
+    // A newer migration of the same VM to this node owns the QEMU and overlays now.
+    if ([...this.targets.values()].some((t) => t.vmId === m.vm)) return;
     const driver = this.options.driver();
     if (driver?.list().includes(m.vm) === true) await driver.delete(m.vm);
     await rm(join(this.options.vmsDir, m.vm), { recursive: true, force: true });

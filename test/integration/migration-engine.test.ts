@@ -6,7 +6,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { demoGuestCmdline, ensureDemoGuest, parseConsoleLine, type DemoGuest } from '../../node/hypervisor/demo-guest.js';
+import { demoGuestCmdline, ensureDemoGuest, type DemoGuest } from '../../node/hypervisor/demo-guest.js';
 import { QemuDriver } from '../../node/hypervisor/qemu.js';
 import { diskNodeName, type QemuVmConfig } from '../../node/hypervisor/qemu-args.js';
 import type { EngineProgress, EngineTargetSession } from '../../node/migration/engine.js';
@@ -15,6 +15,7 @@ import { prepareTarget, runSource } from '../../migration/index.js';
 import { channelPair } from '../support/channel-pair.js';
 import { commandWorks, describeIf } from '../support/prereq.js';
 import { pollFor } from '../support/cluster-http.js';
+import { lastBootId, lastHeartbeat, lastMemtouchPass, memtouchCorrupt } from '../support/guest-console.js';
 
 const logger = pino({ level: process.env.NOVACRON_TEST_LOG ?? 'silent' });
 const bootBoundMs = 60_000;
@@ -29,17 +30,6 @@ function consoleLines(driver: QemuDriver, vmId: string): string[] {
   return existsSync(log) ? readFileSync(log, 'latin1').split('\n').map((l) => l.replace(/\r/g, '')) : [];
 }
 
-function last(lines: readonly string[], re: RegExp): string | null {
-  for (let i = lines.length - 1; i >= 0; i--) {
-    const m = re.exec(lines[i] ?? '');
-    if (m !== null) return m[1] ?? null;
-  }
-  return null;
-}
-const lastHeartbeat = (l: readonly string[]): number => Number(last(l, /NOVACRON-HEARTBEAT (\d+)/) ?? -1);
-const lastPass = (l: readonly string[]): number => Number(last(l, /NOVACRON-MEMTOUCH pass=(\d+) ok/) ?? -1);
-const bootIdOf = (l: readonly string[]): string | null => last(l, /NOVACRON-BOOT-ID ([0-9a-f-]{36})/);
-const corrupt = (l: readonly string[]): string[] => l.filter((x) => parseConsoleLine(x)?.kind === 'memtouch-corrupt');
 
 /** Types a command into the guest's root shell on its serial console. */
 async function shell(driver: QemuDriver, vmId: string, command: string): Promise<void> {
@@ -87,7 +77,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
   async function bootSource(): Promise<string> {
     const id = randomUUID();
     await src.start(config(id, 'src'));
-    await pollFor('memtouch pass on the source', bootBoundMs, async () => lastPass(consoleLines(src, id)) >= 1, 250);
+    await pollFor('memtouch pass on the source', bootBoundMs, async () => lastMemtouchPass(consoleLines(src, id)) >= 1, 250);
     return id;
   }
 
@@ -144,7 +134,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const mark = `NOVACRON-DISKMARK-${Date.now()}`;
     await shell(src, id, `printf '${mark}' | dd of=/dev/vda bs=512 seek=1 conv=notrunc,fsync 2>/dev/null; echo wrote-mark`);
     await pollFor('mark written', 30_000, async () => consoleLines(src, id).some((l) => l.startsWith('wrote-mark')), 200);
-    const bootId = bootIdOf(consoleLines(src, id));
+    const bootId = lastBootId(consoleLines(src, id));
     const beat0 = lastHeartbeat(consoleLines(src, id));
     const t0 = Date.now();
     const { result, session, progress, channelBytes } = await migrate(id);
@@ -161,12 +151,12 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const dstQmp = await dst.qmp(id);
     expect(await dstQmp.execute<{ status: string }>('query-status')).toMatchObject({ status: 'running' });
     await pollFor('heartbeat carries on on the target', 30_000, async () => lastHeartbeat(consoleLines(dst, id)) > beat0, 250);
-    const pass = lastPass(consoleLines(dst, id));
-    await pollFor('a memtouch pass on the target', 30_000, async () => lastPass(consoleLines(dst, id)) > pass, 250);
-    expect(corrupt(consoleLines(dst, id))).toEqual([]);
+    const pass = lastMemtouchPass(consoleLines(dst, id));
+    await pollFor('a memtouch pass on the target', 30_000, async () => lastMemtouchPass(consoleLines(dst, id)) > pass, 250);
+    expect(memtouchCorrupt(consoleLines(dst, id))).toEqual([]);
     await shell(dst, id, 'novacron-bootid');
-    await pollFor('boot id on the target', 30_000, async () => bootIdOf(consoleLines(dst, id)) !== null, 250);
-    expect(bootIdOf(consoleLines(dst, id))).toBe(bootId);
+    await pollFor('boot id on the target', 30_000, async () => lastBootId(consoleLines(dst, id)) !== null, 250);
+    expect(lastBootId(consoleLines(dst, id))).toBe(bootId);
     await shell(dst, id, `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c ${mark.length}; echo ' read-mark'`);
     await pollFor('mark read back on the target', 30_000, async () => consoleLines(dst, id).some((l) => l.includes(`${mark} read-mark`)), 200);
     await src.delete(id);
@@ -180,7 +170,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     expect(String((result as { err: unknown }).err)).toMatch(/cancelled by the test/);
     await session.abort('test');
     await sourceIsClean(id);
-    expect(corrupt(consoleLines(src, id))).toEqual([]);
+    expect(memtouchCorrupt(consoleLines(src, id))).toEqual([]);
     await dst.delete(id);
     await src.delete(id);
   }, 300_000);

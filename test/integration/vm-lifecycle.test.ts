@@ -1,13 +1,13 @@
 // Proves the VM lifecycle on a 3-node cluster of real node processes with real QEMU (TCG): bad specs are refused with clear errors and leave nothing behind; the demo guest, created through a node that is not its owner, boots (heartbeats read from a third node's console endpoint); stop/start/pause/resume work and the heartbeat shows it; the owner's node process SIGKILLed and restarted re-attaches to the same QEMU (same pid and boot id, heartbeat continues); a QEMU killed with SIGKILL is reported as error with the reason; delete removes the VM and its files.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ensureDemoGuest } from '../../node/hypervisor/demo-guest.js';
 import { api, pollFor, type NodeProc } from '../support/cluster-http.js';
 import { commandWorks, describeIf } from '../support/prereq.js';
-import { runCli, spawnCli, waitForLog, pidAlive } from '../support/proc.js';
+import { lastBootId, lastHeartbeat, qemuPid } from '../support/guest-console.js';
+import { killNodesAndRemove, pidAlive, runCli, spawnCli, waitForLog } from '../support/proc.js';
 
 /** A TCG boot of the demo guest takes a few seconds on an idle host; this covers a busy 2-core one. */
 const bootBoundMs = 45_000;
@@ -65,21 +65,7 @@ async function consoleLines(p: NodeProc, ref: string): Promise<string[]> {
   return r.body.lines;
 }
 
-function lastHeartbeat(lines: readonly string[]): number {
-  for (let i = lines.length - 1; i >= 0; i--) {
-    const m = /NOVACRON-HEARTBEAT (\d+)/.exec(lines[i] ?? '');
-    if (m !== null) return Number(m[1]);
-  }
-  return -1;
-}
 
-function lastBootId(lines: readonly string[]): string | null {
-  for (let i = lines.length - 1; i >= 0; i--) {
-    const m = /NOVACRON-BOOT-ID ([0-9a-f-]{36})/.exec(lines[i] ?? '');
-    if (m !== null) return m[1] ?? null;
-  }
-  return null;
-}
 
 async function heartbeatAbove(p: NodeProc, ref: string, above: number, boundMs = bootBoundMs): Promise<number> {
   return pollFor(`heartbeat of ${ref} above ${above}`, boundMs, async () => {
@@ -88,11 +74,6 @@ async function heartbeatAbove(p: NodeProc, ref: string, above: number, boundMs =
   }, 500);
 }
 
-function qemuPid(vm: VmOut): number {
-  const m = /QEMU pid (\d+)/.exec(vm.observed?.reason ?? '');
-  if (m === null) throw new Error(`no pid in ${vm.observed?.reason}`);
-  return Number(m[1]);
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -119,18 +100,8 @@ describeIf({ qemu: haveQemu })('VM lifecycle on a 3-node cluster', () => {
     }, 250);
   }, 90_000);
 
-  afterAll(() => {
-    for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
-    // QEMUs are detached from the nodes: kill any this test left running before their data dirs go.
-    for (const p of procs) {
-      try {
-        for (const line of psLines()) if (line.includes(p.dataDir)) process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
-      } catch {
-        // best effort
-      }
-      rmSync(p.dataDir, { recursive: true, force: true });
-    }
-  });
+  afterAll(() => killNodesAndRemove(procs));
+
 
   it('runs the demo guest through its whole lifecycle', async () => {
     const [n1, n2, n3] = procs as [NodeProc, NodeProc, NodeProc];
@@ -236,8 +207,3 @@ describeIf({ qemu: haveQemu })('VM lifecycle on a 3-node cluster', () => {
     await pollFor('VM files removed on the owner', stateBoundMs, async () => !existsSync(join(n2b.dataDir, 'vms', created.body.vm.id)) && !existsSync(join(n2b.dataDir, 'run', 'vms', created.body.vm.id)), 250);
   }, 200_000);
 });
-
-/** `ps` lines (pid first) of every process, to find QEMUs this test started. */
-function psLines(): string[] {
-  return execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).split('\n').slice(1);
-}

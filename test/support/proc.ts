@@ -1,6 +1,6 @@
 // Helpers to run the built CLI and node as real child processes and read what they print.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
@@ -121,5 +121,23 @@ export function pidAlive(pid: number): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** `ps` lines (pid first) of every process, to find QEMUs a test started. */
+export function psLines(): string[] {
+  return execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).split('\n').slice(1);
+}
+
+/** Kills test nodes and every process started under their data dirs (detached QEMUs), then removes the dirs. */
+export function killNodesAndRemove(procs: ReadonlyArray<{ child: ChildProcess; dataDir: string }>): void {
+  for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
+  for (const p of procs) {
+    try {
+      for (const line of psLines()) if (line.includes(p.dataDir)) process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
+    } catch {
+      // best effort: a process may be gone already
+    }
+    rmSync(p.dataDir, { recursive: true, force: true });
   }
 }

@@ -103,7 +103,7 @@ export function findVm(state: ClusterStateMachine, ref: string): Vm {
   return vm;
 }
 
-function figuresFrom(view: readonly ViewEntry[]): Map<string, NodeFigures> {
+export function figuresFrom(view: readonly ViewEntry[]): Map<string, NodeFigures> {
   return new Map(
     view.map((e) => [
       e.nodeId,

@@ -9,16 +9,13 @@ import type { ReadableStream } from 'node:stream/web';
 import type { Command } from 'commander';
 import type { CliContext, ContextFactory } from '../program.js';
 import { CliUsageError } from '../exit.js';
-import { keyValues, table } from '../output.js';
+import { fmtBytes, keyValues, progressBar, table } from '../output.js';
 import { readState } from './nodes.js';
 
 /** Uploads may take long: they are bounded by this, not the client's default request timeout. */
 export const uploadTimeoutMs = 6 * 60 * 60_000;
-/** The progress bar redraws at most this often. */
-export const progressRedrawMs = 200;
 /** Chunk size when hashing and streaming the file. */
 const fileChunkBytes = 256 * 1024;
-const progressBarChars = 30;
 const formats = ['raw', 'qcow2', 'kernel', 'initrd'];
 
 export interface ImageOut {
@@ -31,16 +28,6 @@ export interface ImageOut {
   local: boolean;
 }
 
-function fmtBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
-}
 
 export function formatImages(rows: ImageOut[]): string {
   return table(rows, [
@@ -72,28 +59,6 @@ export async function sha256File(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** A one-line progress bar on a TTY; nothing otherwise. */
-function progressBar(out: NodeJS.WriteStream | null, label: string, total: number): { update(done: number): void; end(): void } {
-  let last = 0;
-  const draw = (done: number): void => {
-    if (out === null) return;
-    const frac = total === 0 ? 1 : Math.min(done / total, 1);
-    const filled = Math.round(frac * progressBarChars);
-    out.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(progressBarChars - filled)}] ${Math.floor(frac * 100)}% ${fmtBytes(done)}/${fmtBytes(total)}`);
-  };
-  return {
-    update(done) {
-      const now = Date.now();
-      if (now - last < progressRedrawMs) return;
-      last = now;
-      draw(done);
-    },
-    end() {
-      draw(total);
-      out?.write('\n');
-    },
-  };
-}
 
 export function registerImageCommands(program: Command, context: ContextFactory): void {
   const image = program.command('image').description('base images: content-addressed by SHA-256, fetched by nodes that need them');
