@@ -92,7 +92,7 @@ export class NovaNode {
       // State changes from here on feed the event stream; earlier ones (a replayed log) are behind its floor.
       const events = new EventHub({ startIndex: cluster.raft?.status().applied ?? 0 });
       const state = cluster.state;
-      state.onChange((change) => events.publish(toClusterEvent(change, appliedAt(state, change))));
+      state.onChange((change) => events.publish(toClusterEvent(change, appliedAt(state, change), state)));
       const api = await createApi({
         logger,
         bodyLimitBytes: config.api.bodyLimitBytes,

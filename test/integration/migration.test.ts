@@ -1,4 +1,4 @@
-// Proves live migration on a 3-node cluster of real node processes with real QEMU (TCG), driven over REST: the demo guest running a paced memtouch moves between two nodes with its memory pattern intact, its heartbeat carrying on, the same boot id, the data written to its disk before the move, the source QEMU and overlays gone and the target owning and running it; a cancel in requested, preparing and transferring leaves it running on the source; killing the target node mid-transfer leaves it running on the source, and the restarted target discards its incoming QEMU.
+// Proves live migration on a 3-node cluster of real node processes with real QEMU (TCG), driven over REST: the demo guest running a paced memtouch moves between two nodes with its memory pattern intact, its heartbeat carrying on, the same boot id, the data written to its disk before the move, the source QEMU and overlays gone and the target owning and running it; a cancel in requested, preparing and transferring leaves it running on the source; the event stream shows every phase with progress; the CLI migrates it back; killing the target node mid-transfer leaves it running on the source, and the restarted target discards its incoming QEMU.
 import { existsSync, mkdtempSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -203,6 +203,12 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
     await pollFor('mark written', stateBoundMs, async () => (await consoleLines(n1, 'mover')).some((l) => l.includes('wrote-mark') && !l.includes('echo')), 300);
     const beat0 = lastHeartbeat(await consoleLines(n1, 'mover'));
 
+    // Follow it on the event stream of a third node, as the UI does.
+    // --after the index applied now: whenever the stream connects, the node replays from there, so no phase is missed.
+    const status = await call<{ raft: { applied: number } }>(n3, 'GET', '/v1/cluster/status');
+    const events = spawnCli(['events', '--api', n3.url, '--token', admin, '--json', '--after', String(status.body.raft.applied)]);
+    let eventText = '';
+    events.stdout?.on('data', (d: Buffer) => (eventText += d.toString()));
     const t0 = Date.now();
     const m = await startMigration(n3, 'mover', 'm2');
     const done = await phaseReached(n1, m.id, ['completed', 'failed', 'cancelled']);
@@ -210,6 +216,15 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
     console.log(`[migration] ${done.phase} in ${ms} ms: ${JSON.stringify(done.progress)} ${done.reason ?? ''}`);
     expect(done.phase).toBe('completed');
     expect(done.progress.downtimeMs).toEqual(expect.any(Number));
+    await pollFor('the completed event on node 3', stateBoundMs, async () => eventText.includes('"phase":"completed"'), 100);
+    events.kill();
+    const seen = eventText
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as { data: { type: string; migration?: { id: string; phase: string; progress: Record<string, unknown> } } }).data)
+      .filter((e) => e.migration?.id === m.id);
+    expect(seen.map((e) => e.migration?.phase).filter((p, i, a) => p !== a[i - 1])).toEqual(['requested', 'preparing', 'transferring', 'switching', 'completed']);
+    expect(seen.some((e) => e.migration?.phase === 'transferring' && typeof e.migration.progress.wireBytes === 'number')).toBe(true);
 
     // Ownership moved in the state; the target runs it; the source QEMU and its overlays are gone.
     const after = await pollFor('observed running on the target', stateBoundMs, async () => {
@@ -233,5 +248,17 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
     // The mark is on the target's disk: dropped from the guest's page cache, read back from the device.
     await shell(n2, vmId, `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c ${mark.length}; echo ' read-mark'`);
     await pollFor('mark read back on the target', stateBoundMs, async () => (await consoleLines(n2, 'mover')).some((l) => l.includes(`${mark} read-mark`)), 300);
-  }, 150_000);
+
+    // And back with the CLI, to the node it came from (whose old copy was removed): the same boot goes on.
+    const back = await runCli(['vm', 'migrate', 'mover', '--to', 'm1', '--api', n3.url, '--token', admin, '--json'], { timeoutMs: migrationBoundMs });
+    expect(back.code, back.stderr).toBe(0);
+    const moved = JSON.parse(back.stdout) as MigrationOut;
+    expect([moved.phase, moved.target]).toEqual(['completed', n1.peerId]);
+    const list = await runCli(['migration', 'list', '--vm', 'mover', '--api', n3.url, '--token', admin, '--json']);
+    expect((JSON.parse(list.stdout) as MigrationOut[]).filter((x) => x.phase === 'completed').map((x) => x.id)).toEqual([moved.id, m.id]);
+    await pollFor('observed running on node 1 again', stateBoundMs, async () => (await vmOn(n3, 'mover'))?.observed?.state === 'running', 200);
+    await shell(n1, vmId, 'novacron-bootid');
+    await pollFor('boot id back on node 1', stateBoundMs, async () => lastBootId(await consoleLines(n1, 'mover')) === bootId, 300);
+    expect(memtouchCorrupt(await consoleLines(n1, 'mover'))).toEqual([]);
+  }, 240_000);
 });

@@ -5,6 +5,8 @@
 //   id: 42                                        (the Raft index of the entry)
 //   data: {"index":42,"type":"token.create","ids":["…"],"at":1700000000000}
 //
+// migration.* events also carry `migration` (phase, reason, progress figures) so a client follows a migration live.
+//
 // `at` is the proposer's clock of the command (ms since the epoch; this node's clock for snapshot.restore).
 // A comment line (`: heartbeat`) every eventsHeartbeatMs keeps proxies from closing an idle stream.
 // Reconnecting with `Last-Event-ID` (or `?after=INDEX`) replays the events after that index that the bounded
@@ -17,7 +19,7 @@
 // reconnects with a token now that tokens are enforced.
 import type { ServerResponse } from 'node:http';
 import Type from 'typebox';
-import type { ChangeEvent, ClusterStateMachine } from '../../../consensus/cluster/index.js';
+import type { ChangeEvent, ClusterStateMachine, MigrationPhase, MigrationProgress } from '../../../consensus/cluster/index.js';
 import type { Api } from '../server.js';
 
 /** Interval of the comment heartbeat that keeps proxies and load balancers from closing an idle stream. */
@@ -35,6 +37,16 @@ export interface ClusterEvent {
   readonly ids: readonly string[];
   /** ms since the epoch. */
   readonly at: number;
+  /** migration.* events: the record after the change. */
+  readonly migration?: {
+    readonly id: string;
+    readonly vm: string;
+    readonly source: string;
+    readonly target: string;
+    readonly phase: MigrationPhase;
+    readonly reason: string | null;
+    readonly progress: MigrationProgress;
+  };
 }
 
 export type Replay = { kind: 'events'; events: ClusterEvent[] } | { kind: 'reset'; index: number; reason: string };
@@ -167,7 +179,7 @@ export class EventClient {
 }
 
 export function formatEvent(e: ClusterEvent): string {
-  return `event: ${e.type}\nid: ${e.index}\ndata: ${JSON.stringify({ index: e.index, type: e.type, ids: e.ids, at: e.at })}\n\n`;
+  return `event: ${e.type}\nid: ${e.index}\ndata: ${JSON.stringify({ index: e.index, type: e.type, ids: e.ids, at: e.at, ...(e.migration === undefined ? {} : { migration: e.migration }) })}\n\n`;
 }
 
 export function formatReset(index: number, reason: string): string {
@@ -221,8 +233,17 @@ export class EventHub {
 }
 
 /** The event as published: the command's `at` from the state's audit record, else this node's clock. */
-export function toClusterEvent(change: ChangeEvent, at: number): ClusterEvent {
-  return { index: change.index, type: change.type, ids: [...change.ids], at };
+/**
+ * One event per applied change. Migration events also carry the record's phase, reason and progress figures, so a
+ * client follows a live migration from the stream alone (the source writes progress about once a second).
+ */
+export function toClusterEvent(change: ChangeEvent, at: number, state?: Pick<ClusterStateMachine, 'getMigration'>): ClusterEvent {
+  const event: ClusterEvent = { index: change.index, type: change.type, ids: [...change.ids], at };
+  if (state !== undefined && change.type.startsWith('migration.')) {
+    const m = state.getMigration(change.ids[0] ?? '');
+    if (m !== null) return { ...event, migration: { id: m.id, vm: m.vm, source: m.source, target: m.target, phase: m.phase, reason: m.reason, progress: { ...m.progress } } };
+  }
+  return event;
 }
 
 export interface EventRouteDeps {
@@ -238,7 +259,8 @@ const problemRef = { $ref: 'Problem#' } as const;
 const eventFormat = [
   'A text/event-stream of cluster state changes. Each applied change is one event: `event: <type>` (the command, e.g.',
   '`cluster.init`, `token.create`, `token.revoke`, `vm.create`), `id: <raft index>`, `data: {"index","type","ids","at"}`',
-  '(JSON; `ids` are the records changed, `at` ms since the epoch). A `: heartbeat` comment is sent every',
+  '(JSON; `ids` are the records changed, `at` ms since the epoch; `migration.*` events add `migration`: id, vm, source,',
+  'target, phase, reason and the progress figures). A `: heartbeat` comment is sent every',
   `${eventsHeartbeatMs / 1000} s. Resume with the \`Last-Event-ID\` header or \`?after=INDEX\`: the last ${eventsRingMax} events are`,
   'replayed; if the client is further behind, it gets `event: reset` (`data: {"index","reason"}`) and must re-read the',
   `state. A client that does not read fast enough (${eventsClientQueueMax} chunks queued) is disconnected.`,

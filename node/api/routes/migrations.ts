@@ -118,7 +118,8 @@ export function registerMigrationRoutes(app: Api, deps: MigrationRouteDeps): voi
       if (vm.owner === null) throw new ConflictError(`VM ${vm.name} is not placed on any node`);
       if (vm.owner === target.id) throw new ConflictError(`VM ${vm.name} already runs on ${target.name}`);
       const observed = vm.observed?.state;
-      if (vm.desired === 'stopped' || (observed !== 'running' && observed !== 'paused')) {
+      // `migrating` lingers for a moment after an earlier migration ended; the source checks its QEMU again anyway.
+      if (vm.desired === 'stopped' || (observed !== 'running' && observed !== 'paused' && observed !== 'migrating')) {
         throw new ConflictError(`VM ${vm.name} is not running (desired ${vm.desired}, observed ${observed ?? 'nothing yet'}): live migration moves running VMs`);
       }
       const active = state.listMigrations().find((m) => m.vm === vm.id && isActive(m));

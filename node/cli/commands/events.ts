@@ -51,6 +51,8 @@ interface EventData {
   ids?: string[];
   at?: number;
   reason?: string;
+  /** migration.* events: the record after the change. */
+  migration?: { phase: string; reason?: string | null; progress?: { step?: unknown; bytesTransferred?: unknown } };
 }
 
 export function formatEventLine(e: StreamEvent): string {
@@ -62,7 +64,11 @@ export function formatEventLine(e: StreamEvent): string {
   }
   if (e.event === 'reset') return `reset (index ${d.index ?? '?'}): ${d.reason ?? ''} — re-read the cluster state`;
   const when = typeof d.at === 'number' ? new Date(d.at).toISOString() : '-';
-  return `${when}  ${String(d.index ?? e.id ?? '-').padStart(6)}  ${(d.type ?? e.event).padEnd(20)}  ${(d.ids ?? []).join(',')}`;
+  const line = `${when}  ${String(d.index ?? e.id ?? '-').padStart(6)}  ${(d.type ?? e.event).padEnd(20)}  ${(d.ids ?? []).join(',')}`;
+  const m = d.migration;
+  if (m === undefined) return line;
+  const moved = typeof m.progress?.bytesTransferred === 'number' ? ` ${(m.progress.bytesTransferred / 1048576).toFixed(1)} MiB moved` : '';
+  return `${line}  ${m.phase}${typeof m.progress?.step === 'string' ? ` (${m.progress.step})` : ''}${moved}${m.reason === null || m.reason === undefined ? '' : `: ${m.reason}`}`;
 }
 
 function parseNonNegativeInt(value: string): number {
