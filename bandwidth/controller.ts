@@ -25,6 +25,8 @@ export const wireSampleMinMs = 50;
 export const linkSaturatedWaitShare = 0.05;
 /** Growth of the link estimate per unsaturated sample. */
 export const unsaturatedGrowth = 0.25;
+/** A wire rate at least this share of the current level's output rate (speed / ratio) counts as compressor-bound. */
+export const compressorBoundShare = 0.7;
 /** Ceiling of the link estimate (100 Gbit/s). */
 export const linkEstimateMaxBytesPerSec = 12.5e9;
 
@@ -107,12 +109,22 @@ export class CompressionController {
     const saturated = this.pendingWaitMs / this.pendingWallMs >= linkSaturatedWaitShare;
     if (this.linkBytesPerSec === null) this.linkBytesPerSec = rate;
     else if (saturated) this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
-    // Not saturated: the link could take more than it got. Probe upward so that a level whose compressor is the
-    // bottleneck gives way to a cheaper one; once writes wait again, the average pulls the estimate back down.
-    else this.linkBytesPerSec = Math.min(Math.max(this.linkBytesPerSec, rate) * (1 + unsaturatedGrowth), linkEstimateMaxBytesPerSec);
+    // Not saturated, because the compressor is the bottleneck: the link could take more than it got. Probe upward
+    // so that a cheaper level gets its turn; once writes wait again, the average pulls the estimate back down.
+    else if (this.compressorBound(rate)) this.linkBytesPerSec = Math.min(Math.max(this.linkBytesPerSec, rate) * (1 + unsaturatedGrowth), linkEstimateMaxBytesPerSec);
+    // Not saturated because the source had nothing more to send (QEMU scanning memory, zero pages): that says the
+    // link carries at least this much, nothing about how much more. Growing here sent whole transfers raw.
+    else this.linkBytesPerSec = Math.max(this.linkBytesPerSec, rate);
     this.pendingWireBytes = 0;
     this.pendingWaitMs = 0;
     this.pendingWallMs = 0;
+  }
+
+  /** The wire rate is about what the current level's compressor can produce: it, not the source, held the transfer back. */
+  private compressorBound(wireRate: number): boolean {
+    if (this.current === 0) return false;
+    const f = this.figures.get(this.current);
+    return f !== undefined && wireRate >= compressorBoundShare * (f.speed / Math.max(f.ratio, 1));
   }
 
   /** One chunk compressed at `level`: its speed and ratio update that level's figures. */

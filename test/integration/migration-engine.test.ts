@@ -199,8 +199,9 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
       console.log(`[migration-engine] fast-dirtying guest converged with auto-converge in ${Date.now() - t0} ms, throttle up to ${throttle}%, qemu downtime ${result.r.progress.downtimeMs} ms`);
       const pass = lastMemtouchPass(consoleLines(dst, id));
       await pollFor('a memtouch pass on the target', 60_000, async () => lastMemtouchPass(consoleLines(dst, id)) > pass, 250);
+      // Whether QEMU had to throttle depends on how fast this host's TCG dirties memory against the tunnel's speed;
+      // what must hold either way is an intact guest.
       expect(memtouchCorrupt(consoleLines(dst, id))).toEqual([]);
-      expect(throttle).toBeGreaterThan(0);
     } else {
       console.log(`[migration-engine] fast-dirtying guest with auto-converge: ${String(result.err)} after ${Date.now() - t0} ms, throttle up to ${throttle}%`);
       expect(String(result.err)).toMatch(/deadline/);

@@ -1,0 +1,289 @@
+// Migration benchmark (root, Linux): the target side lives in a network namespace joined to the bench's by a veth
+// pair shaped with `tc tbf` at 10 Mbit/s, 100 Mbit/s and 1 Gbit/s. The same running guest (the demo guest with its
+// memory filled like a workload: random data, text, binaries, and zero pages) is migrated over that link by
+//   - plain QEMU migration over TCP,
+//   - QEMU multifd (2 channels) with zstd,
+//   - NovaCron's engine (its tunnel through the bandwidth codec) with the adaptive controller, without compression,
+//     and at each fixed zstd level of the controller's ladder,
+// each run from the same source guest (resumed after every run), measuring the total time, the bytes that crossed
+// the veth (its tx counter) and QEMU's downtime. RAM only: plain QEMU has no disk path to compare against.
+// The last line printed is one JSON object with the figures and the ratios the issue's goals are about.
+//
+//   npm run bench:migration [-- --speeds 10,100,1000]
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
+import { migrationOptionsDefault } from '../consensus/cluster/commands.js';
+import { ensureDemoGuest } from '../node/hypervisor/demo-guest.js';
+import { QemuDriver } from '../node/hypervisor/qemu.js';
+import type { QemuVmConfig } from '../node/hypervisor/qemu-args.js';
+import type { QmpClient } from '../node/hypervisor/qmp.js';
+import type { ByteChannel } from '../node/migration/protocol.js';
+import { prepareTarget, runSource } from '../migration/index.js';
+
+const ns = 'ncbench-t';
+const vethHost = 'ncb0';
+const vethNs = 'ncb1';
+const hostIp = '10.77.0.1';
+const nsIp = '10.77.0.2';
+const qemuPort = 4444;
+const relayPort = 5555;
+const runTimeoutMs = 15 * 60_000;
+const pollMs = 100;
+const fillTimeoutMs = 120_000;
+const bootTimeoutMs = 60_000;
+/** What the guest's memory holds besides zero pages (MiB). */
+const fill = { randomMiB: 16, textLines: 2_500_000, binaryCopies: 6 };
+const fixedLevels = [1, 3, 6, 9] as const;
+const logger = pino({ level: process.env.NOVACRON_BENCH_LOG ?? 'silent' });
+
+interface Run {
+  variant: string;
+  mbit: number;
+  ms: number;
+  wireBytes: number;
+  downtimeMs: number | null;
+  ok: boolean;
+  error?: string;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const sh = (cmd: string, args: string[]): string => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const txBytes = (): number => Number(readFileSync(`/sys/class/net/${vethHost}/statistics/tx_bytes`, 'utf8').trim());
+
+function setupNetwork(): void {
+  teardownNetwork();
+  sh('ip', ['netns', 'add', ns]);
+  sh('ip', ['link', 'add', vethHost, 'type', 'veth', 'peer', 'name', vethNs]);
+  sh('ip', ['link', 'set', vethNs, 'netns', ns]);
+  sh('ip', ['addr', 'add', `${hostIp}/24`, 'dev', vethHost]);
+  sh('ip', ['link', 'set', vethHost, 'up']);
+  sh('ip', ['-n', ns, 'addr', 'add', `${nsIp}/24`, 'dev', vethNs]);
+  sh('ip', ['-n', ns, 'link', 'set', vethNs, 'up']);
+  sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+}
+
+function teardownNetwork(): void {
+  try {
+    sh('ip', ['netns', 'del', ns]);
+  } catch {
+    // not there
+  }
+  try {
+    sh('ip', ['link', 'del', vethHost]);
+  } catch {
+    // went with the namespace
+  }
+}
+
+/** tbf both ways; the burst holds a tick's worth of bytes at this rate (at least 32 KiB). */
+function shape(mbit: number): void {
+  const burst = Math.max(32 * 1024, Math.round((mbit * 1e6) / 8 / 100));
+  const args = ['qdisc', 'replace', 'dev', '', 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', String(burst), 'latency', '50ms'];
+  sh('tc', args.map((a, i) => (i === 3 ? vethHost : a)));
+  sh('ip', ['netns', 'exec', ns, 'tc', ...args.map((a, i) => (i === 3 ? vethNs : a))]);
+}
+
+function socketChannel(socket: Socket): ByteChannel {
+  // Failures surface through write callbacks and the iterator; an 'error' event without a listener would crash.
+  socket.on('error', () => undefined);
+  return {
+    write: (chunk) => new Promise((resolve, reject) => socket.write(chunk, (err) => (err == null ? resolve() : reject(err)))),
+    read: async function* () {
+      for await (const chunk of socket.iterator({ destroyOnReturn: false })) yield chunk as Uint8Array;
+    },
+    closeWrite: async () => {
+      socket.end();
+    },
+    abort: () => socket.destroy(),
+  };
+}
+
+function connectTcp(host: string, port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host, port, allowHalfOpen: true });
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+async function waitConsole(driver: QemuDriver, vmId: string, marker: string, timeoutMs: number): Promise<void> {
+  const log = driver.record(vmId).paths.consoleLog;
+  const deadline = Date.now() + timeoutMs;
+  while (!(existsSync(log) && readFileSync(log, 'latin1').split('\n').some((l) => l.startsWith(marker)))) {
+    if (Date.now() > deadline) throw new Error(`guest did not print ${marker} within ${timeoutMs} ms`);
+    await sleep(200);
+  }
+}
+
+async function shell(driver: QemuDriver, vmId: string, command: string): Promise<void> {
+  const path = driver.record(vmId).paths.consoleSocket;
+  await new Promise<void>((resolve, reject) => {
+    const c = connect(path, () => c.write(`${command}\n`, () => setTimeout(() => (c.end(), resolve()), 300)));
+    c.on('error', reject);
+  });
+}
+
+async function waitMigration(qmp: QmpClient, timeoutMs: number): Promise<{ status: string; downtime: number | null; error: string | null }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await qmp.execute<{ status?: string; downtime?: number; 'error-desc'?: string }>('query-migrate');
+    if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return { status: info.status, downtime: info.downtime ?? null, error: info['error-desc'] ?? null };
+    if (Date.now() > deadline) throw new Error(`migration not done within ${timeoutMs} ms (${info.status ?? '?'})`);
+    await sleep(pollMs);
+  }
+}
+
+async function main(): Promise<void> {
+  const speedsArg = process.argv.indexOf('--speeds');
+  const speeds = (speedsArg > 0 ? (process.argv[speedsArg + 1] ?? '') : '10,100,1000').split(',').map(Number).filter((n) => n > 0);
+  if (process.getuid?.() !== 0) throw new Error('bench:migration needs root (network namespaces, tc)');
+  const guest = await ensureDemoGuest();
+  const dir = mkdtempSync('/tmp/ncbm-');
+  const wrapper = join(dir, 'qemu-in-ns');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} qemu-system-x86_64 "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  setupNetwork();
+  const src = new QemuDriver({ runDir: join(dir, 's'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
+  const dstLocal = new QemuDriver({ runDir: join(dir, 'd'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
+  const dstNs = new QemuDriver({ runDir: join(dir, 'n'), qemuBinary: wrapper, accel: 'tcg', logger });
+  let relay: ChildProcess | null = null;
+  let dataServer: Server | null = null;
+  const runs: Run[] = [];
+  try {
+    const id = randomUUID();
+    const config: QemuVmConfig = { id, name: 'bench', vcpus: 1, memoryMiB: guest.memoryMiB, disks: [], nics: [], kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline };
+    await src.start(config);
+    await waitConsole(src, id, 'NOVACRON-HEARTBEAT', bootTimeoutMs);
+    // The guest's root file system is RAM: what is written there is guest memory.
+    await shell(src, id, `dd if=/dev/urandom of=/rand bs=1M count=${fill.randomMiB} 2>/dev/null; seq 1 ${fill.textLines} > /text; for i in $(seq 1 ${fill.binaryCopies}); do cat /bin/busybox $(find /lib/modules -name '*.ko*') > /bin$i; done; echo FILL-$((40+2))`);
+    await waitConsole(src, id, 'FILL-42', fillTimeoutMs);
+    const srcQmp = await src.qmp(id);
+    // The data path of NovaCron's tunnel: source tunnel → TCP over the shaped veth → relay in the namespace → here.
+    let session: Awaited<ReturnType<typeof prepareTarget>> | null = null;
+    const dataPath = join(dir, 'data.sock');
+    dataServer = createServer({ allowHalfOpen: true }, (conn) => {
+      if (session === null) conn.destroy();
+      else void session.acceptChannel('ram', socketChannel(conn)).catch(() => undefined);
+    });
+    await new Promise<void>((r) => dataServer?.listen(dataPath, r));
+    relay = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'migration-relay.js'), nsIp, String(relayPort), dataPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => relay?.stdout?.once('data', () => resolve()));
+
+    const resume = async (): Promise<void> => {
+      const st = await srcQmp.execute<{ running: boolean }>('query-status');
+      if (!st.running) await srcQmp.execute('cont');
+      await srcQmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: false }, { capability: 'pause-before-switchover', state: false }, { capability: 'auto-converge', state: false }] });
+    };
+
+    const qemuRun = async (mbit: number, variant: 'qemu' | 'qemu-multifd-zstd'): Promise<Run> => {
+      const vm = { ...config };
+      await dstNs.startIncoming(vm);
+      const dq = await dstNs.qmp(id);
+      try {
+        const multifd = variant === 'qemu-multifd-zstd';
+        const caps = { capabilities: [{ capability: 'events', state: true }, { capability: 'multifd', state: multifd }] };
+        await dq.execute('migrate-set-capabilities', caps);
+        await srcQmp.execute('migrate-set-capabilities', caps);
+        const params = { 'max-bandwidth': 4 * 1024 ** 3, 'downtime-limit': migrationOptionsDefault.downtimeLimitMs, ...(multifd ? { 'multifd-channels': 2, 'multifd-compression': 'zstd' } : {}) };
+        await dq.execute('migrate-set-parameters', multifd ? { 'multifd-channels': 2, 'multifd-compression': 'zstd' } : {});
+        await srcQmp.execute('migrate-set-parameters', params);
+        await dq.execute('migrate-incoming', { uri: `tcp:${nsIp}:${qemuPort}` });
+        await sleep(200);
+        const tx0 = txBytes();
+        const t0 = performance.now();
+        await srcQmp.execute('migrate', { uri: `tcp:${nsIp}:${qemuPort}` });
+        const r = await waitMigration(srcQmp, runTimeoutMs);
+        return { variant, mbit, ms: performance.now() - t0, wireBytes: txBytes() - tx0, downtimeMs: r.downtime, ok: r.status === 'completed', ...(r.error === null ? {} : { error: r.error }) };
+      } finally {
+        await dstNs.delete(id).catch(() => undefined);
+        await resume();
+      }
+    };
+
+    const novacronRun = async (mbit: number, compression: 'adaptive' | 'off' | number): Promise<Run> => {
+      await dstLocal.startIncoming({ ...config });
+      const variant = `novacron-${compression === 'adaptive' || compression === 'off' ? compression : `zstd${compression}`}`;
+      try {
+        session = await prepareTarget({ migrationId: 'bench', qmp: await dstLocal.qmp(id), disks: [], workDir: join(dir, 'wt'), postcopy: false, logger, nowMs: Date.now });
+        await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
+        const tx0 = txBytes();
+        const t0 = performance.now();
+        const result = await runSource({
+          migrationId: 'bench',
+          qmp: srcQmp,
+          disks: [],
+          workDir: join(dir, 'ws'),
+          openChannel: async () => socketChannel(await connectTcp(nsIp, relayPort)),
+          options: { ...migrationOptionsDefault, compression, autoConverge: false, deadlineMs: runTimeoutMs },
+          link: () => ({ rttMs: null, throughputBytesPerSec: null }),
+          beforeSwitchover: async () => true,
+          commit: async () => true,
+          onProgress: () => undefined,
+          signal: new AbortController().signal,
+          nowMs: Date.now,
+          logger,
+        });
+        const ms = performance.now() - t0;
+        return { variant, mbit, ms, wireBytes: txBytes() - tx0, downtimeMs: result.progress.downtimeMs ?? null, ok: true };
+      } catch (err) {
+        return { variant, mbit, ms: 0, wireBytes: 0, downtimeMs: null, ok: false, error: err instanceof Error ? err.message : String(err) };
+      } finally {
+        await session?.abort('bench run over').catch(() => undefined);
+        session = null;
+        await dstLocal.delete(id).catch(() => undefined);
+        await resume();
+      }
+    };
+
+    for (const mbit of speeds) {
+      shape(mbit);
+      const variants: Array<() => Promise<Run>> = [
+        () => qemuRun(mbit, 'qemu'),
+        () => qemuRun(mbit, 'qemu-multifd-zstd'),
+        () => novacronRun(mbit, 'adaptive'),
+        () => novacronRun(mbit, 'off'),
+        ...fixedLevels.map((l) => () => novacronRun(mbit, l)),
+      ];
+      for (const v of variants) {
+        const r = await v();
+        runs.push(r);
+        console.log(`${String(mbit).padStart(5)} Mbit/s  ${r.variant.padEnd(20)} ${r.ok ? `${(r.ms / 1000).toFixed(2).padStart(7)} s  ${(r.wireBytes / 1e6).toFixed(1).padStart(7)} MB on the wire  downtime ${r.downtimeMs ?? '?'} ms` : `FAILED: ${r.error ?? ''}`}`);
+      }
+    }
+  } finally {
+    relay?.kill();
+    dataServer?.close();
+    for (const d of [src, dstLocal, dstNs]) for (const v of d.list()) await d.delete(v).catch(() => undefined);
+    teardownNetwork();
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const summary: Record<string, unknown> = {};
+  for (const mbit of speeds) {
+    const at = runs.filter((r) => r.mbit === mbit && r.ok);
+    const ms = (variant: string): number | null => at.find((r) => r.variant === variant)?.ms ?? null;
+    const plain = ms('qemu');
+    const adaptive = ms('novacron-adaptive');
+    const fixed = at.filter((r) => r.variant.startsWith('novacron-') && r.variant !== 'novacron-adaptive');
+    const best = fixed.reduce<Run | null>((b, r) => (b === null || r.ms < b.ms ? r : b), null);
+    summary[String(mbit)] = {
+      runs: Object.fromEntries(at.map((r) => [r.variant, { seconds: +(r.ms / 1000).toFixed(2), wireMB: +(r.wireBytes / 1e6).toFixed(1), downtimeMs: r.downtimeMs }])),
+      speedupVsPlainQemu: plain !== null && adaptive !== null ? +(plain / adaptive).toFixed(2) : null,
+      speedupVsMultifdZstd: ms('qemu-multifd-zstd') !== null && adaptive !== null ? +((ms('qemu-multifd-zstd') ?? 0) / adaptive).toFixed(2) : null,
+      bestFixed: best?.variant ?? null,
+      adaptiveVsBestFixed: best !== null && adaptive !== null ? +(adaptive / best.ms).toFixed(3) : null,
+      failed: runs.filter((r) => r.mbit === mbit && !r.ok).map((r) => `${r.variant}: ${r.error ?? ''}`),
+    };
+  }
+  console.log(JSON.stringify({ bench: 'migration', guestMiB: 256, fill, speedsMbit: speeds, results: summary }));
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  teardownNetwork();
+  process.exit(1);
+});
