@@ -1,4 +1,4 @@
-// Proves the migration engine against two real QEMUs (TCG) joined by an in-memory channel: the demo guest running memtouch moves with its disk (mirrored over NBD through the tunnel) and its memory pattern, heartbeat and boot id intact; a guest dirtying memory faster than pre-copy converges through auto-converge or is cancelled at its deadline (and without auto-converge is cancelled), never reported complete with a corrupt guest; a cancel mid-transfer and a refused commit each leave the guest running on the source with no migration, block job or NBD node left behind.
+// Proves the migration engine against two real QEMUs (TCG) joined by an in-memory channel: the demo guest running memtouch moves with its disk (mirrored over NBD through the tunnel) and its memory pattern, heartbeat and boot id intact; a guest dirtying memory faster than pre-copy converges through auto-converge or is cancelled at its deadline (and without auto-converge is cancelled), opt-in post-copy moves it, never reported complete with a corrupt guest; a cancel mid-transfer and a refused commit each leave the guest running on the source with no migration, block job or NBD node left behind.
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -81,11 +81,11 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     return id;
   }
 
-  async function migrate(id: string, opts: { cancelAt?: (p: EngineProgress) => boolean; commit?: boolean; options?: Partial<MigrationOptions> } = {}) {
+  async function migrate(id: string, opts: { cancelAt?: (p: EngineProgress) => boolean; commit?: boolean; goLiveOnCommit?: boolean; options?: Partial<MigrationOptions> } = {}) {
     const target = config(id, 'dst');
     await dst.startIncoming(target);
     const workDir = join(dir, `w-${id.slice(0, 8)}`);
-    const session: EngineTargetSession = await prepareTarget({ migrationId: 'm1', qmp: await dst.qmp(id), disks: [{ nodeName: diskNodeName(0) }], workDir: `${workDir}-t`, postcopy: false, logger, nowMs: Date.now });
+    const session: EngineTargetSession = await prepareTarget({ migrationId: 'm1', qmp: await dst.qmp(id), disks: [{ nodeName: diskNodeName(0) }], workDir: `${workDir}-t`, postcopy: opts.options?.postcopy ?? false, logger, nowMs: Date.now });
     const abort = new AbortController();
     const progress: EngineProgress[] = [];
     let channelBytes = 0;
@@ -104,7 +104,11 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
       options: { ...migrationOptionsDefault, deadlineMs: migrationBoundMs, ...opts.options },
       link: () => ({ rttMs: 1, throughputBytesPerSec: null }),
       beforeSwitchover: async () => true,
-      commit: async () => opts.commit ?? true,
+      commit: async () => {
+        // As the node does: once committed, the target is told to run (in post-copy it must, to fault pages in).
+        if ((opts.commit ?? true) && opts.goLiveOnCommit === true) void session.goLive().catch(() => undefined);
+        return opts.commit ?? true;
+      },
       onProgress: (p) => {
         progress.push({ ...p });
         if (opts.cancelAt?.(p) === true && !abort.signal.aborted) abort.abort(new Error('cancelled by the test'));
@@ -228,6 +232,21 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const pass = lastMemtouchPass(consoleLines(src, id));
     await pollFor('a memtouch pass on the source', 60_000, async () => lastMemtouchPass(consoleLines(src, id)) > pass, 250);
     expect(memtouchCorrupt(consoleLines(src, id))).toEqual([]);
+    await dst.delete(id);
+    await src.delete(id);
+  }, 300_000);
+
+  it('opt-in post-copy moves the guest that pre-copy cannot move over the slow link, memory intact', async () => {
+    const id = await bootSource(fastDirty);
+    const t0 = Date.now();
+    const { result, progress } = await migrate(id, { goLiveOnCommit: true, options: { autoConverge: false, postcopy: true, compression: 'off', deadlineMs: 120_000, maxBandwidthBytesPerSec: linkCapBytesPerSec } });
+    if (!result.ok) throw result.err;
+    console.log(`[migration-engine] post-copy finished in ${Date.now() - t0} ms after ${progress.filter((p) => p.postcopy !== true).length} pre-copy progress reports`);
+    expect(progress.some((p) => p.postcopy === true)).toBe(true);
+    await pollFor('target running', 30_000, async () => (await (await dst.qmp(id)).execute<{ status: string }>('query-status')).status === 'running', 250);
+    const pass = lastMemtouchPass(consoleLines(dst, id));
+    await pollFor('a memtouch pass on the target', 60_000, async () => lastMemtouchPass(consoleLines(dst, id)) > pass, 250);
+    expect(memtouchCorrupt(consoleLines(dst, id))).toEqual([]);
     await dst.delete(id);
     await src.delete(id);
   }, 300_000);
