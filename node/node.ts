@@ -165,6 +165,7 @@ export class NovaNode {
         limiters: nodeCapBytesPerSec > 0 ? [new RateLimiter({ bytesPerSec: nodeCapBytesPerSec, nowMs: () => performance.now() })] : [],
         maxConcurrent: config.migration.maxConcurrent,
         logger,
+        onIdle: () => agentRef?.schedule(),
       });
       const agent = new VmAgent({
         nodeId: mesh.peerId,

@@ -98,6 +98,8 @@ export interface MigrationServiceOptions {
   maxConcurrent: number;
   logger: Logger;
   nowMs?: () => number;
+  /** Called when a run or a target session ends, so the agent looks at the VM again at once (not at its next tick). */
+  onIdle?: () => void;
   /** Default goLiveStateWaitMs (tests shorten it). */
   goLiveStateWaitMs?: number;
 }
@@ -311,6 +313,7 @@ export class MigrationService {
         this.handled.add(m.id);
         // Let the agent look at the VM again now that nothing drives it.
         this.scan();
+        this.options.onIdle?.();
       });
   }
 

@@ -102,7 +102,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
         return pair.a;
       },
       options: { ...migrationOptionsDefault, deadlineMs: migrationBoundMs, ...opts.options },
-      link: () => ({ rttMs: 1, throughputBytesPerSec: null }),
+      link: () => ({ rttMs: 1, throughputBytesPerSec: 100_000_000 }),
       beforeSwitchover: async () => true,
       commit: async () => {
         // As the node does: once committed, the target is told to run (in post-copy it must, to fault pages in).
@@ -146,6 +146,9 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const resumedAt = await session.goLive();
     const final = result.r.progress;
     console.log(`[migration-engine] ${Date.now() - t0} ms, paused→resumed ${resumedAt - result.r.pausedAtMs} ms, wire ${channelBytes} B, ratio ${final.ratio?.toFixed(2)}, level ${final.compressionLevel}, qemu downtime ${final.downtimeMs} ms`);
+    // The prediction before anything moved: QEMU's sampled dirty rate, and with the link figure, converging.
+    expect(progress[0]).toMatchObject({ step: 'estimating the dirty rate', converging: true });
+    expect(progress[0]?.dirtyRateBytesPerSec).toBeGreaterThanOrEqual(0);
     expect(progress.some((p) => p.step === 'mirroring disks')).toBe(true);
     expect(progress.some((p) => (p.step ?? '').startsWith('RAM pass'))).toBe(true);
     expect(final.wireBytes).toBeGreaterThan(0);

@@ -99,8 +99,8 @@ async function migration(p: NodeProc, id: string): Promise<MigrationOut> {
   return r.body.migration;
 }
 
-async function startMigration(p: NodeProc, vm: string, target: string): Promise<MigrationOut> {
-  const r = await call<{ migration: MigrationOut }>(p, 'POST', `/v1/vms/${vm}/migrate`, { target });
+async function startMigration(p: NodeProc, vm: string, target: string, options?: Record<string, unknown>): Promise<MigrationOut> {
+  const r = await call<{ migration: MigrationOut }>(p, 'POST', `/v1/vms/${vm}/migrate`, { target, ...(options === undefined ? {} : { options }) });
   expect([200, 201, 202], JSON.stringify(r.body)).toContain(r.status);
   return r.body.migration;
 }
@@ -170,11 +170,19 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
     expect(memtouchCorrupt(await consoleLines(n1, 'mover'))).toEqual([]);
   }, 120_000);
 
-  it('killing the target node mid-transfer leaves the VM running on the source; the restarted target discards its incoming QEMU', async () => {
+  it('killing the target node while the RAM stream flows leaves the VM running on the source; the restarted target discards its incoming QEMU', async () => {
     const [n1, , n3] = procs as [NodeProc, NodeProc, NodeProc];
-    const pid = qemuPid((await vmOn(n1, 'mover'))!);
-    const m = await startMigration(n1, 'mover', 'm3');
-    await phaseReached(n1, m.id, ['transferring']);
+    const pid = qemuPid(await pollFor('observed running on the source', stateBoundMs, async () => {
+      const vm = await vmOn(n1, 'mover');
+      return vm?.observed?.state === 'running' ? vm : null;
+    }, 200));
+    // Capped at 2 MB/s so the RAM stream is seen flowing (≈ 35 MB on the wire) before the target dies.
+    const m = await startMigration(n1, 'mover', 'm3', { maxBandwidthBytesPerSec: 2_000_000 });
+    await pollFor('the RAM stream under way', migrationBoundMs, async () => {
+      const cur = await migration(n1, m.id);
+      if (cur.phase !== 'transferring' && cur.phase !== 'preparing' && cur.phase !== 'requested') throw new Error(`migration ended early: ${cur.phase} ${cur.reason ?? ''}`);
+      return typeof cur.progress.step === 'string' && cur.progress.step.startsWith('RAM pass') && Number(cur.progress.wireBytes ?? 0) > 2_000_000;
+    }, 100);
     n3.child.kill('SIGKILL');
     await new Promise((r) => n3.child.once('exit', r));
     const final = await phaseReached(n1, m.id, ['failed', 'completed', 'cancelled'], migrationBoundMs);
@@ -192,7 +200,10 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
 
   it('migrates the running guest: memory, heartbeat, boot id and disk data intact; source gone, target owns and runs it', async () => {
     const [n1, n2, n3] = procs as [NodeProc, NodeProc, NodeProc];
-    const before = (await vmOn(n1, 'mover'))!;
+    const before = await pollFor('observed running on the source', stateBoundMs, async () => {
+      const vm = await vmOn(n1, 'mover');
+      return vm?.observed?.state === 'running' ? vm : null;
+    }, 200);
     const sourcePid = qemuPid(before);
     const lines0 = await consoleLines(n1, 'mover');
     const bootId = lastBootId(lines0);
