@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ChangeEvent, ClusterCommand, Member, Migration, MigrationPhase, MigrationProgress, Vm } from '../../consensus/cluster/index.js';
+import { isMigrationActive, type ChangeEvent, type ClusterCommand, type Member, type Migration, type MigrationPhase, type MigrationProgress, type Vm } from '../../consensus/cluster/index.js';
 import { NovaError, errorMessage, isCodedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RateLimiter } from '../../bandwidth/index.js';
@@ -179,7 +179,7 @@ export class MigrationService {
     for (const r of this.runs.values()) if (r.vmId === vmId) return 'source';
     for (const t of this.targets.values()) if (t.vmId === vmId && t.status !== 'live') return 'target';
     for (const m of this.options.state.listMigrations()) {
-      if (m.vm !== vmId || !isActive(m.phase)) continue;
+      if (m.vm !== vmId || !isMigrationActive(m)) continue;
       if (m.source === this.options.nodeId) return 'source';
       if (m.target === this.options.nodeId) return 'target';
     }
@@ -199,10 +199,10 @@ export class MigrationService {
     const all = this.options.state.listMigrations();
     if (!this.started) {
       this.started = true;
-      for (const m of all) if (isActive(m.phase) && (m.source === self || m.target === self)) this.inherited.add(m.id);
+      for (const m of all) if (isMigrationActive(m) && (m.source === self || m.target === self)) this.inherited.add(m.id);
       // Terminal records from before the restart: only the newest completed one per VM says where it lives now. A
       // failed or cancelled one as target stays unhandled: an incoming QEMU and overlays may have outlived the old process.
-      for (const m of all) if (!isActive(m.phase) && m.phase !== 'completed' && m.target !== self) this.handled.add(m.id);
+      for (const m of all) if (!isMigrationActive(m) && m.phase !== 'completed' && m.target !== self) this.handled.add(m.id);
       const newest = new Map<string, Migration>();
       for (const m of all) if (m.phase === 'completed' && (newest.get(m.vm)?.finishedAt ?? -1) < (m.finishedAt ?? 0)) newest.set(m.vm, m);
       for (const m of all) if (m.phase === 'completed' && newest.get(m.vm) !== m) this.handled.add(m.id);
@@ -276,14 +276,14 @@ export class MigrationService {
     // A QEMU of the VM that belongs to a newer migration to this node is not this record's leftover.
     const newer =
       [...this.targets.values()].some((t) => t.vmId === m.vm && t.migrationId !== id) ||
-      this.options.state.listMigrations().some((o) => o.id !== id && o.vm === m.vm && o.target === this.options.nodeId && isActive(o.phase));
+      this.options.state.listMigrations().some((o) => o.id !== id && o.vm === m.vm && o.target === this.options.nodeId && isMigrationActive(o));
     const action: TargetAction = decideTarget(m, {
       session: entry === undefined ? 'none' : entry.status,
       inherited: this.inherited.has(id),
       handled: this.handled.has(id),
       ownerIsSelf: vm?.owner === this.options.nodeId,
       // The QEMU (re-attached by the agent after a restart) or the overlay folder of an incoming copy.
-      leftovers: !newer && (driver?.list().includes(m.vm) === true || (!isActive(m.phase) && vm?.owner !== this.options.nodeId && existsSync(join(this.options.vmsDir, m.vm)))),
+      leftovers: !newer && (driver?.list().includes(m.vm) === true || (!isMigrationActive(m) && vm?.owner !== this.options.nodeId && existsSync(join(this.options.vmsDir, m.vm)))),
     });
     switch (action.kind) {
       case 'none':
@@ -339,7 +339,7 @@ export class MigrationService {
       const vm = this.options.state.getVm(m.vm);
       if (vm === null || exports.length !== vm.spec.disks.length) throw new MigrationRefusedError(`the target answered ${exports.length} exports for ${vm?.spec.disks.length ?? 0} disks`);
     } catch (err) {
-      await this.failUnlessFinal(m.id, `the target could not prepare: ${remoteMessage(err)}`, log);
+      await this.failUnlessFinal(m.id, `the target could not prepare: ${errorMessage(err)}`, log);
       return;
     }
     if (!(await this.advance(m.id, 'transferring', { progress: { step: 'transferring' } }))) return;
@@ -482,7 +482,7 @@ export class MigrationService {
       answer = await this.options.mesh.request(m.target, migrateProtocol, { op: 'goLive', migrationId: m.id } satisfies MigrateRequest, { validate: validateGoLiveAnswer, timeoutMs: goLiveTimeoutMs });
     } catch (err) {
       // The move is committed; the target resumes on its own when it applies it. Only the figure is lost.
-      log.warn({ err: remoteMessage(err) }, 'go-live request failed; the target resumes from its state');
+      log.warn({ err: errorMessage(err) }, 'go-live request failed; the target resumes from its state');
       return null;
     }
     const figures = downtimeMs(pausedAtMs, sentAt, this.nowMs(), answer.handledMs, answer.resumedAgoMs);
@@ -551,7 +551,7 @@ export class MigrationService {
     if (vm.owner === this.options.nodeId) throw new NovaError('conflict', `this node already owns VM ${vm.name}`);
     const stillActive = (): void => {
       const cur = this.options.state.getMigration(m.id);
-      if (cur === null || !isActive(cur.phase) || this.targets.get(m.id) !== entry) throw new MigrationRefusedError(`migration ${m.id} ended while the target prepared (${cur?.phase ?? 'gone'})`);
+      if (cur === null || !isMigrationActive(cur) || this.targets.get(m.id) !== entry) throw new MigrationRefusedError(`migration ${m.id} ended while the target prepared (${cur?.phase ?? 'gone'})`);
     };
     // A stale copy (e.g. the VM lived here before) would be the wrong disks: start from nothing.
     if (driver.list().includes(m.vm)) await driver.delete(m.vm);
@@ -581,7 +581,7 @@ export class MigrationService {
     const { header, channel } = await readDataHeader(bulk, AbortSignal.timeout(dataHeaderTimeoutMs));
     const m = this.options.state.getMigration(header.migrationId);
     const entry = this.targets.get(header.migrationId);
-    if (m === null || m.target !== this.options.nodeId || m.source !== peer || !isActive(m.phase) || entry?.session == null || entry.status !== 'ready') {
+    if (m === null || m.target !== this.options.nodeId || m.source !== peer || !isMigrationActive(m) || entry?.session == null || entry.status !== 'ready') {
       const err = new MigrationRefusedError(`no migration ${header.migrationId} from ${peer} is waiting for data here`);
       this.log.warn({ migrationId: header.migrationId, peer, kind: header.kind }, err.message);
       bulk.abort(err);
@@ -602,7 +602,7 @@ export class MigrationService {
     for (;;) {
       const cur = this.options.state.getMigration(m.id);
       if (cur?.phase === 'completed') break;
-      if (cur === null || !isActive(cur.phase) || this.nowMs() > deadline) throw new NovaError('conflict', `migration ${m.id} is not completed in this node's state (${cur?.phase ?? 'gone'})`);
+      if (cur === null || !isMigrationActive(cur) || this.nowMs() > deadline) throw new NovaError('conflict', `migration ${m.id} is not completed in this node's state (${cur?.phase ?? 'gone'})`);
       await sleep(stateWaitPollMs);
     }
     const cur = this.options.state.getMigration(m.id);
@@ -693,7 +693,7 @@ export class MigrationService {
       const cur = this.options.state.getMigration(id);
       if (cur === null) return false;
       if (cur.phase === phase && phase !== 'transferring') return true;
-      if (!isActive(cur.phase)) return false;
+      if (!isMigrationActive(cur)) return false;
       try {
         await this.options.propose(this.cmd(id, phase, extra));
         this.log.info({ migrationId: id, phase, ...(extra.reason === undefined ? {} : { reason: extra.reason }) }, 'migration phase proposed');
@@ -711,17 +711,13 @@ export class MigrationService {
 
   private async failUnlessFinal(id: string, reason: string, log: Logger): Promise<void> {
     const cur = this.options.state.getMigration(id);
-    if (cur === null || !isActive(cur.phase)) {
+    if (cur === null || !isMigrationActive(cur)) {
       log.info({ phase: cur?.phase ?? null, reason: cur?.reason ?? reason }, 'migration ended; the VM stays on the source');
       return;
     }
     log.warn({ phase: 'failed', reason }, 'migration failed; the VM stays on the source');
     await this.advance(id, 'failed', { reason });
   }
-}
-
-function isActive(phase: MigrationPhase): boolean {
-  return phase !== 'completed' && phase !== 'failed' && phase !== 'cancelled';
 }
 
 /** Progress as the command schema takes it: integers where it wants integers, no non-finite or negative figures. */
@@ -739,9 +735,4 @@ export function clean(p: MigrationProgress): MigrationProgress {
     }
   }
   return out;
-}
-
-/** The remote's own message when the target refused (mesh_remote_error wraps it). */
-function remoteMessage(err: unknown): string {
-  return errorMessage(err);
 }

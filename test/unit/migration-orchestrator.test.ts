@@ -12,6 +12,7 @@ import type { EngineTargetSession, MigrationDriver, MigrationEngine, SourceRunOp
 import type { QmpClient } from '../../node/hypervisor/qmp.js';
 import type { VmState } from '../../node/hypervisor/qemu.js';
 import { waitUntil } from '../support/wait.js';
+import { channelPair } from '../support/channel-pair.js';
 
 const A = 'NodeA';
 const B = 'NodeB';
@@ -86,48 +87,9 @@ describe('decisions', () => {
 });
 
 /** An in-memory duplex pair with the ByteChannel shape. */
-function channelPair(): [ByteChannel, ByteChannel] {
-  const make = (): { queue: Uint8Array[]; ended: boolean; err: Error | null; wake: (() => void) | null } => ({ queue: [], ended: false, err: null, wake: null });
-  const ab = make();
-  const ba = make();
-  const side = (inbox: ReturnType<typeof make>, outbox: ReturnType<typeof make>): ByteChannel => ({
-    write: async (chunk) => {
-      if (outbox.err !== null || outbox.ended) throw outbox.err ?? new Error('closed');
-      outbox.queue.push(chunk);
-      outbox.wake?.();
-    },
-    closeWrite: async () => {
-      outbox.ended = true;
-      outbox.wake?.();
-    },
-    abort: (err) => {
-      for (const b of [inbox, outbox]) {
-        b.err = err;
-        b.wake?.();
-      }
-    },
-    read: async function* () {
-      for (;;) {
-        if (inbox.err !== null) throw inbox.err;
-        const c = inbox.queue.shift();
-        if (c !== undefined) {
-          yield c;
-          continue;
-        }
-        if (inbox.ended) return;
-        await new Promise<void>((r) => {
-          inbox.wake = r;
-        });
-        inbox.wake = null;
-      }
-    },
-  });
-  return [side(ba, ab), side(ab, ba)];
-}
-
 describe('data stream header', () => {
   it('is read across split chunks and leaves the payload that shares its chunk', async () => {
-    const [a, b] = channelPair();
+    const { a: a, b: b } = channelPair();
     const header = encodeDataHeader({ migrationId: 'm1', kind: 'nbd' });
     const payload = new TextEncoder().encode('payload');
     const all = new Uint8Array(header.byteLength + payload.byteLength);
@@ -145,10 +107,10 @@ describe('data stream header', () => {
   });
 
   it('refuses a malformed header and a stream that ends early', async () => {
-    const [a, b] = channelPair();
+    const { a: a, b: b } = channelPair();
     await a.write(new Uint8Array([0, 3, 0x7b, 0x7d, 0x20]));
     await expect(readDataHeader(b, AbortSignal.timeout(1000))).rejects.toThrow(/kind/);
-    const [c, d] = channelPair();
+    const { a: c, b: d } = channelPair();
     await c.write(new Uint8Array([0]));
     await c.closeWrite();
     await expect(readDataHeader(d, AbortSignal.timeout(1000))).rejects.toThrow(/ended before/);
@@ -307,7 +269,7 @@ function pair(world: World, opts: { connected?: boolean } = {}) {
         return o.validate(JSON.parse(JSON.stringify(answer)));
       },
       openBulk: async (peer) => {
-        const [mine, theirs] = channelPair();
+        const { a: mine, b: theirs } = channelPair();
         void handlers[peer]!.bulk!(theirs, self).catch(() => undefined);
         return mine;
       },
@@ -440,7 +402,7 @@ describe('MigrationService (fake engine, mesh and driver; real state machine)', 
   it('the target refuses data for a migration it did not prepare', async () => {
     const { w, handlers } = await setup();
     w.create('m2', C); // targets another node: B must refuse its data
-    const [mine, theirs] = channelPair();
+    const { a: mine, b: theirs } = channelPair();
     await mine.write(encodeDataHeader({ migrationId: 'm2', kind: 'ram' }));
     await handlers[B]!.bulk!(theirs, A);
     await expect(

@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import Type, { type Static } from 'typebox';
 import {
+  isMigrationActive,
   MigrationOptionsSchema,
   MigrationPhaseSchema,
   MigrationProgressSchema,
@@ -86,11 +87,9 @@ function findMigration(state: ClusterStateMachine, id: string): Migration {
   })();
 }
 
-const isActive = (m: Migration): boolean => m.phase !== 'completed' && m.phase !== 'failed' && m.phase !== 'cancelled';
-
 /** The VMs as placement should see them for `target`: VMs already migrating there count against its memory as if started. */
 function withIncoming(state: ClusterStateMachine, target: string): Vm[] {
-  const incoming = new Set(state.listMigrations().filter((m) => isActive(m) && m.target === target).map((m) => m.vm));
+  const incoming = new Set(state.listMigrations().filter((m) => isMigrationActive(m) && m.target === target).map((m) => m.vm));
   return state.listVms().map((v) => (incoming.has(v.id) ? { ...v, owner: target, observed: null } : v));
 }
 
@@ -122,7 +121,7 @@ export function registerMigrationRoutes(app: Api, deps: MigrationRouteDeps): voi
       if (vm.desired === 'stopped' || (observed !== 'running' && observed !== 'paused' && observed !== 'migrating')) {
         throw new ConflictError(`VM ${vm.name} is not running (desired ${vm.desired}, observed ${observed ?? 'nothing yet'}): live migration moves running VMs`);
       }
-      const active = state.listMigrations().find((m) => m.vm === vm.id && isActive(m));
+      const active = state.listMigrations().find((m) => m.vm === vm.id && isMigrationActive(m));
       if (active !== undefined) throw new ConflictError(`VM ${vm.name} is already migrating (${active.id}, ${active.phase})`);
       const placed = placeVm({ members, figures: figuresFrom(deps.telemetry()), vms: withIncoming(state, target.id), spec: vm.spec, pinned: target.id });
       if (!placed.ok) throw placed.code === 'not_found' ? new NotFoundError(placed.reason) : new NoCapacityError(placed.reason);
@@ -157,7 +156,7 @@ export function registerMigrationRoutes(app: Api, deps: MigrationRouteDeps): voi
       const vmId = request.query.vm === undefined ? null : findVm(state, request.query.vm).id;
       const list = state
         .listMigrations()
-        .filter((m) => (vmId === null || m.vm === vmId) && (request.query.active !== true || isActive(m)))
+        .filter((m) => (vmId === null || m.vm === vmId) && (request.query.active !== true || isMigrationActive(m)))
         .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1))
         .slice(0, migrationsListMax);
       return { migrations: list.map((m) => migrationOut(m, state)) };
