@@ -350,6 +350,7 @@ export class MigrationService {
     await mkdir(workDir, { recursive: true, mode: 0o700 });
     let lastProgressAt: number | null = null;
     let progressInFlight = false;
+    let lastWrittenStep: string | undefined;
     let latest: EngineProgress = {};
     let commitFigures: { downtimeMs: number; errorBoundMs: number } | null = null;
     let pausedAtMs: number | null = null;
@@ -380,10 +381,13 @@ export class MigrationService {
         onProgress: (p) => {
           latest = { ...latest, ...p };
           const now = this.nowMs();
-          if (!progressDue(now, lastProgressAt, progressInFlight)) return;
+          // A new step (estimating, mirroring, RAM pass N) is written as soon as nothing is in flight, not a second later.
+          const stepChanged = latest.step !== undefined && latest.step !== lastWrittenStep;
+          if (progressInFlight || (!stepChanged && !progressDue(now, lastProgressAt, progressInFlight))) return;
           const cur = this.options.state.getMigration(m.id);
           if (cur?.phase !== 'transferring') return;
           lastProgressAt = now;
+          lastWrittenStep = latest.step;
           progressInFlight = true;
           void this.options
             .propose(this.cmd(m.id, 'transferring', { progress: latest }))
