@@ -6,12 +6,10 @@ import { BandwidthError } from './errors.js';
 import { CompressionController, validateMode, type CompressionMode, type LinkHint } from './controller.js';
 import { encodeFrame, frameRawBytesMax } from './frame.js';
 import type { RateLimiter } from './rate-limit.js';
-import { ZstdContexts } from './zstd.js';
+import { ZstdStreamEncoder } from './zstd.js';
 
 /** Raw bytes per frame: big enough for zstd to find redundancy and for headers to vanish, small enough to pipeline. */
 export const chunkBytesDefault = 256 * 1024;
-/** A compressed chunk must be at least this much smaller (raw / compressed) or it goes raw: decoding it costs too. */
-export const compressGainMin = 1.03;
 
 export interface EncoderOptions {
   compression: CompressionMode;
@@ -21,8 +19,6 @@ export interface EncoderOptions {
   limiters?: readonly RateLimiter[];
   linkHint?: LinkHint;
   chunkBytes?: number;
-  /** The controller's randomness, in [0, 1) (default Math.random). */
-  random?: () => number;
 }
 
 export interface EncoderStats {
@@ -51,7 +47,7 @@ export function isAllZero(b: Uint8Array): boolean {
 
 export class FrameEncoder {
   private readonly controller: CompressionController;
-  private readonly zstd = new ZstdContexts();
+  private readonly zstd = new ZstdStreamEncoder();
   private readonly nowMs: () => number;
   private readonly limiters: readonly RateLimiter[];
   private readonly chunkBytes: number;
@@ -70,7 +66,7 @@ export class FrameEncoder {
     if (!Number.isInteger(this.chunkBytes) || this.chunkBytes < 1 || this.chunkBytes > frameRawBytesMax) {
       throw new BandwidthError('bandwidth_options_invalid', `chunkBytes must be 1..${frameRawBytesMax}, got ${this.chunkBytes}`);
     }
-    this.controller = new CompressionController({ mode: opts.compression, random: opts.random ?? Math.random, ...(opts.linkHint === undefined ? {} : { linkHint: opts.linkHint }) });
+    this.controller = new CompressionController({ mode: opts.compression, ...(opts.linkHint === undefined ? {} : { linkHint: opts.linkHint }) });
   }
 
   /** Reads `source` to its end, writing frames through `write` (awaiting its back-pressure), then an end frame. */
@@ -85,6 +81,9 @@ export class FrameEncoder {
         const waitStart = this.nowMs();
         if (inFlight !== null) await inFlight;
         inFlight = this.send(frame, write, this.nowMs() - waitStart, signal);
+        // Observed now, awaited later: a write that fails while the source is idle must not be an unhandled
+        // rejection (that ends the process); the next await or the finally below still sees the error.
+        inFlight.catch(() => undefined);
       }
       if (inFlight !== null) await inFlight;
       inFlight = null;
@@ -123,11 +122,10 @@ export class FrameEncoder {
       const elapsedMs = this.nowMs() - t0;
       this.controller.observeCompress(level, chunk.byteLength, out.byteLength, elapsedMs);
       if (elapsedMs > 0) this.compressSpeed.set(level, chunk.byteLength / (elapsedMs / 1000));
-      // zstd recognises incompressible blocks at well over 1 GB/s, so trying costs little; sending it would not pay.
-      if (out.byteLength * compressGainMin <= chunk.byteLength) {
-        this.frames.zstd++;
-        return encodeFrame({ kind: 'zstd', level, rawBytes: chunk.byteLength }, out);
-      }
+      // Sent even when it did not shrink: the chunk is in the level's history now, and the receiver's must match.
+      // zstd stores incompressible blocks as they are, so that costs a few bytes per 128 KiB.
+      this.frames.zstd++;
+      return encodeFrame({ kind: 'zstd', level, rawBytes: chunk.byteLength }, out);
     }
     this.frames.raw++;
     return encodeFrame({ kind: 'raw', level: 0, rawBytes: chunk.byteLength }, chunk);

@@ -9,7 +9,7 @@
 // the veth (its tx counter) and QEMU's downtime. RAM only: plain QEMU has no disk path to compare against.
 // The last line printed is one JSON object with the figures and the ratios the issue's goals are about.
 //
-//   npm run bench:migration [-- --speeds 10,100,1000]
+//   npm run bench:migration [-- --speeds 10,100,1000] [--variants qemu,novacron-adaptive,novacron-zstd3,...]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -22,7 +22,7 @@ import { QemuDriver } from '../node/hypervisor/qemu.js';
 import type { QemuVmConfig } from '../node/hypervisor/qemu-args.js';
 import type { QmpClient } from '../node/hypervisor/qmp.js';
 import type { ByteChannel } from '../node/migration/protocol.js';
-import { prepareTarget, runSource } from '../migration/index.js';
+import { estimateBeforeStart, prepareTarget, runSource } from '../migration/index.js';
 
 const ns = 'ncbench-t';
 const vethHost = 'ncb0';
@@ -140,6 +140,9 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number): Promise<{ statu
 async function main(): Promise<void> {
   const speedsArg = process.argv.indexOf('--speeds');
   const speeds = (speedsArg > 0 ? (process.argv[speedsArg + 1] ?? '') : '10,100,1000').split(',').map(Number).filter((n) => n > 0);
+  const variantsArg = process.argv.indexOf('--variants');
+  // For looking at a few variants; the figures in docs/benchmarks.md come from a run of all of them.
+  const onlyVariants = variantsArg > 0 ? (process.argv[variantsArg + 1] ?? '').split(',') : null;
   if (process.getuid?.() !== 0) throw new Error('bench:migration needs root (network namespaces, tc)');
   const guest = await ensureDemoGuest();
   const dir = mkdtempSync('/tmp/ncbm-');
@@ -205,21 +208,27 @@ async function main(): Promise<void> {
     };
 
     const novacronRun = async (mbit: number, compression: 'adaptive' | 'off' | number): Promise<Run> => {
-      await dstLocal.startIncoming({ ...config });
       const variant = `novacron-${compression === 'adaptive' || compression === 'off' ? compression : `zstd${compression}`}`;
+      const link = () => ({ rttMs: null, throughputBytesPerSec: null });
+      await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
+      // As the node does: the dirty-rate sample runs while the target prepares. The clock starts when the target is
+      // ready, where plain QEMU's starts; whatever of the sample is left then counts.
+      const estimating = estimateBeforeStart({ qmp: srcQmp, downtimeLimitMs: migrationOptionsDefault.downtimeLimitMs, link, signal: new AbortController().signal, nowMs: Date.now, logger });
       try {
+        await dstLocal.startIncoming({ ...config });
         session = await prepareTarget({ migrationId: 'bench', qmp: await dstLocal.qmp(id), disks: [], workDir: join(dir, 'wt'), postcopy: false, logger, nowMs: Date.now });
-        await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
         const tx0 = txBytes();
         const t0 = performance.now();
+        const estimate = await estimating;
         const result = await runSource({
+          ...(estimate === null ? {} : { initialProgress: estimate }),
           migrationId: 'bench',
           qmp: srcQmp,
           disks: [],
           workDir: join(dir, 'ws'),
           openChannel: async () => socketChannel(await connectTcp(nsIp, relayPort)),
           options: { ...migrationOptionsDefault, compression, autoConverge: false, deadlineMs: runTimeoutMs },
-          link: () => ({ rttMs: null, throughputBytesPerSec: null }),
+          link,
           beforeSwitchover: async () => true,
           commit: async () => true,
           onProgress: () => undefined,
@@ -241,14 +250,15 @@ async function main(): Promise<void> {
 
     for (const mbit of speeds) {
       shape(mbit);
-      const variants: Array<() => Promise<Run>> = [
-        () => qemuRun(mbit, 'qemu'),
-        () => qemuRun(mbit, 'qemu-multifd-zstd'),
-        () => novacronRun(mbit, 'adaptive'),
-        () => novacronRun(mbit, 'off'),
-        ...fixedLevels.map((l) => () => novacronRun(mbit, l)),
+      const variants: Array<[string, () => Promise<Run>]> = [
+        ['qemu', () => qemuRun(mbit, 'qemu')],
+        ['qemu-multifd-zstd', () => qemuRun(mbit, 'qemu-multifd-zstd')],
+        ['novacron-adaptive', () => novacronRun(mbit, 'adaptive')],
+        ['novacron-off', () => novacronRun(mbit, 'off')],
+        ...fixedLevels.map((l): [string, () => Promise<Run>] => [`novacron-zstd${l}`, () => novacronRun(mbit, l)]),
       ];
-      for (const v of variants) {
+      for (const [name, v] of variants) {
+        if (onlyVariants !== null && !onlyVariants.includes(name)) continue;
         const r = await v();
         runs.push(r);
         console.log(`${String(mbit).padStart(5)} Mbit/s  ${r.variant.padEnd(20)} ${r.ok ? `${(r.ms / 1000).toFixed(2).padStart(7)} s  ${(r.wireBytes / 1e6).toFixed(1).padStart(7)} MB on the wire  downtime ${r.downtimeMs ?? '?'} ms` : `FAILED: ${r.error ?? ''}`}`);
