@@ -100,6 +100,8 @@ export interface ControllerOptions {
 interface LevelFigures {
   rawBytes: number;
   outBytes: number;
+  /** The raw bytes whose compression was timed, and that time. */
+  timedRawBytes: number;
   compressMs: number;
   samples: number;
 }
@@ -188,15 +190,20 @@ export class CompressionController {
     return wireRate >= compressorBoundShare * (f.speed / Math.max(f.ratio, 1));
   }
 
-  /** One chunk compressed at `level`: its speed and ratio update that level's figures. */
-  observeCompress(level: number, rawBytes: number, outBytes: number, elapsedMs: number): void {
+  /**
+   * One chunk compressed at `level`: its speed and ratio update that level's figures. `elapsedMs` null: the time
+   * says nothing of the speed (the stream's first chunk, which also set it up), only the ratio counts.
+   */
+  observeCompress(level: number, rawBytes: number, outBytes: number, elapsedMs: number | null): void {
     if (level === 0 || rawBytes === 0) return;
     const f = this.figures.get(level);
     const keep = f === undefined ? 0 : 1 - ewmaWeight;
+    const timed = elapsedMs !== null;
     this.figures.set(level, {
       rawBytes: (f?.rawBytes ?? 0) * keep + rawBytes,
       outBytes: (f?.outBytes ?? 0) * keep + Math.max(outBytes, 1),
-      compressMs: (f?.compressMs ?? 0) * keep + Math.max(elapsedMs, 0.01),
+      timedRawBytes: (f?.timedRawBytes ?? 0) * keep + (timed ? rawBytes : 0),
+      compressMs: (f?.compressMs ?? 0) * keep + (timed ? Math.max(elapsedMs, 0.01) : 0),
       samples: (f?.samples ?? 0) + 1,
     });
     this.measuredLevel = level;
@@ -220,10 +227,11 @@ export class CompressionController {
     const profile = levelProfile[level] ?? profileOther;
     const m = this.measuredLevel === null ? undefined : this.figures.get(this.measuredLevel);
     if (this.measuredLevel === null || m === undefined) return { speed: profile.speedBytesPerSec, ratio: profile.ratio };
-    const speed = m.rawBytes / (m.compressMs / 1000);
     const ratio = m.rawBytes / m.outBytes;
-    if (level === this.measuredLevel) return { speed, ratio };
     const base = levelProfile[this.measuredLevel] ?? profileOther;
+    // No timed chunk yet: the host's speed is the profile's.
+    const speed = m.compressMs > 0 ? m.timedRawBytes / (m.compressMs / 1000) : base.speedBytesPerSec;
+    if (level === this.measuredLevel) return { speed, ratio };
     const saved = Math.min(savedShare(profile.ratio) * (savedShare(ratio) / savedShare(base.ratio)), savedShareMax);
     return { speed: profile.speedBytesPerSec * (speed / base.speedBytesPerSec), ratio: 1 / (1 - saved) };
   }

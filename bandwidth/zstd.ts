@@ -28,6 +28,11 @@ export class ZstdStreamEncoder {
   private readonly contexts = new Map<number, ZstdBinding.CCtx>();
   private readonly out = Buffer.allocUnsafe(compressOutBytes);
 
+  /** Whether `level` has a stream yet: its first chunk also pays for setting it up (tables, window). */
+  has(level: number): boolean {
+    return this.contexts.has(level);
+  }
+
   /** Appends `raw` to the level's stream and returns the bytes that decode it (flushed: nothing held back). */
   compress(level: number, raw: Uint8Array): Uint8Array {
     const c = this.context(level);

@@ -13,7 +13,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { migrationOptionsDefault } from '../consensus/cluster/commands.js';
@@ -21,8 +21,8 @@ import { ensureDemoGuest } from '../node/hypervisor/demo-guest.js';
 import { QemuDriver } from '../node/hypervisor/qemu.js';
 import type { QemuVmConfig } from '../node/hypervisor/qemu-args.js';
 import type { QmpClient } from '../node/hypervisor/qmp.js';
-import type { ByteChannel } from '../node/migration/protocol.js';
-import { estimateBeforeStart, prepareTarget, runSource } from '../migration/index.js';
+import { estimateBeforeStart, runSource } from '../migration/index.js';
+import { socketChannel } from './socket-channel.js';
 
 const ns = 'ncbench-t';
 const vethHost = 'ncb0';
@@ -30,7 +30,7 @@ const vethNs = 'ncb1';
 const hostIp = '10.77.0.1';
 const nsIp = '10.77.0.2';
 const qemuPort = 4444;
-const relayPort = 5555;
+const targetPort = 5555;
 const runTimeoutMs = 15 * 60_000;
 const pollMs = 100;
 const fillTimeoutMs = 120_000;
@@ -87,21 +87,6 @@ function shape(mbit: number): void {
   sh('ip', ['netns', 'exec', ns, 'tc', ...args.map((a, i) => (i === 3 ? vethNs : a))]);
 }
 
-function socketChannel(socket: Socket): ByteChannel {
-  // Failures surface through write callbacks and the iterator; an 'error' event without a listener would crash.
-  socket.on('error', () => undefined);
-  return {
-    write: (chunk) => new Promise((resolve, reject) => socket.write(chunk, (err) => (err == null ? resolve() : reject(err)))),
-    read: async function* () {
-      for await (const chunk of socket.iterator({ destroyOnReturn: false })) yield chunk as Uint8Array;
-    },
-    closeWrite: async () => {
-      socket.end();
-    },
-    abort: () => socket.destroy(),
-  };
-}
-
 function connectTcp(host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = connect({ host, port, allowHalfOpen: true });
@@ -151,10 +136,8 @@ async function main(): Promise<void> {
   chmodSync(wrapper, 0o755);
   setupNetwork();
   const src = new QemuDriver({ runDir: join(dir, 's'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
-  const dstLocal = new QemuDriver({ runDir: join(dir, 'd'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
   const dstNs = new QemuDriver({ runDir: join(dir, 'n'), qemuBinary: wrapper, accel: 'tcg', logger });
-  let relay: ChildProcess | null = null;
-  let dataServer: Server | null = null;
+  let target: ChildProcess | null = null;
   const runs: Run[] = [];
   try {
     const id = randomUUID();
@@ -165,16 +148,16 @@ async function main(): Promise<void> {
     await shell(src, id, `dd if=/dev/urandom of=/rand bs=1M count=${fill.randomMiB} 2>/dev/null; seq 1 ${fill.textLines} > /text; for i in $(seq 1 ${fill.binaryCopies}); do cat /bin/busybox $(find /lib/modules -name '*.ko*') > /bin$i; done; echo FILL-$((40+2))`);
     await waitConsole(src, id, 'FILL-42', fillTimeoutMs);
     const srcQmp = await src.qmp(id);
-    // The data path of NovaCron's tunnel: source tunnel → TCP over the shaped veth → relay in the namespace → here.
-    let session: Awaited<ReturnType<typeof prepareTarget>> | null = null;
-    const dataPath = join(dir, 'data.sock');
-    dataServer = createServer({ allowHalfOpen: true }, (conn) => {
-      if (session === null) conn.destroy();
-      else void session.acceptChannel('ram', socketChannel(conn)).catch(() => undefined);
-    });
-    await new Promise<void>((r) => dataServer?.listen(dataPath, r));
-    relay = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'migration-relay.js'), nsIp, String(relayPort), dataPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => relay?.stdout?.once('data', () => resolve()));
+    // NovaCron's target node: its own process in the namespace, fed over the shaped veth as a real target is.
+    target = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'migration-target.js'), nsIp, String(targetPort)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const targetReplies: Array<(m: { op: string; error?: string }) => void> = [];
+    target.on('message', (m: { op: string; error?: string }) => targetReplies.shift()?.(m));
+    const targetSays = (cmd: object | null): Promise<{ op: string; error?: string }> =>
+      new Promise((resolve) => {
+        targetReplies.push(resolve);
+        if (cmd !== null) target?.send(cmd);
+      });
+    if ((await targetSays(null)).op !== 'listening') throw new Error('the target process did not start');
 
     const resume = async (): Promise<void> => {
       const st = await srcQmp.execute<{ running: boolean }>('query-status');
@@ -215,8 +198,8 @@ async function main(): Promise<void> {
       // ready, where plain QEMU's starts; whatever of the sample is left then counts.
       const estimating = estimateBeforeStart({ qmp: srcQmp, downtimeLimitMs: migrationOptionsDefault.downtimeLimitMs, link, signal: new AbortController().signal, nowMs: Date.now, logger });
       try {
-        await dstLocal.startIncoming({ ...config });
-        session = await prepareTarget({ migrationId: 'bench', qmp: await dstLocal.qmp(id), disks: [], workDir: join(dir, 'wt'), postcopy: false, logger, nowMs: Date.now });
+        const ready = await targetSays({ op: 'prepare', config, runDir: join(dir, 'd') });
+        if (ready.op !== 'ready') throw new Error(`the target could not prepare: ${ready.error ?? ready.op}`);
         const tx0 = txBytes();
         const t0 = performance.now();
         const estimate = await estimating;
@@ -226,7 +209,7 @@ async function main(): Promise<void> {
           qmp: srcQmp,
           disks: [],
           workDir: join(dir, 'ws'),
-          openChannel: async () => socketChannel(await connectTcp(nsIp, relayPort)),
+          openChannel: async () => socketChannel(await connectTcp(nsIp, targetPort)),
           options: { ...migrationOptionsDefault, compression, autoConverge: false, deadlineMs: runTimeoutMs },
           link,
           beforeSwitchover: async () => true,
@@ -241,9 +224,7 @@ async function main(): Promise<void> {
       } catch (err) {
         return { variant, mbit, ms: 0, wireBytes: 0, downtimeMs: null, ok: false, error: err instanceof Error ? err.message : String(err) };
       } finally {
-        await session?.abort('bench run over').catch(() => undefined);
-        session = null;
-        await dstLocal.delete(id).catch(() => undefined);
+        await targetSays({ op: 'abort' });
         await resume();
       }
     };
@@ -265,9 +246,9 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    relay?.kill();
-    dataServer?.close();
-    for (const d of [src, dstLocal, dstNs]) for (const v of d.list()) await d.delete(v).catch(() => undefined);
+    // Closing the IPC channel makes the target process remove its QEMU and exit.
+    target?.disconnect();
+    for (const d of [src, dstNs]) for (const v of d.list()) await d.delete(v).catch(() => undefined);
     teardownNetwork();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,9 +1,9 @@
-// Proves the framed codec with real zstd: any data cut any way round-trips exactly, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
+// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BandwidthError, FrameDecoder, FrameEncoder, encodeFrame, encodeHeader, frameRawBytesMax, rechunk } from '../../bandwidth/index.js';
+import { BandwidthError, FrameDecoder, FrameEncoder, compressThreadsMax, encodeFrame, encodeHeader, frameRawBytesMax, rechunk } from '../../bandwidth/index.js';
 
 async function* from(parts: Uint8Array[]): AsyncGenerator<Uint8Array> {
   for (const p of parts) yield p;
@@ -129,6 +129,15 @@ describe('FrameEncoder / FrameDecoder', () => {
     const f = Buffer.from(frames[0]!);
     f.writeUInt32BE(99_999, 4); // claims one byte less
     await expect(decodeAll([f, ...frames.slice(1)])).rejects.toMatchObject({ code: 'bandwidth_frame_invalid' });
+  });
+
+  it('many encoders at once share the compressing threads, each with its own streams', async () => {
+    const inputs = Array.from({ length: compressThreadsMax * 3 }, (_, i) => Buffer.concat([text.subarray(i * 7919, i * 7919 + 600_000), randomBytes(100_000), binary.subarray(i * 1000, i * 1000 + 400_000)]));
+    const results = await Promise.all(inputs.map((b, i) => encode([b], new FrameEncoder({ compression: 1 + (i % 6) }))));
+    for (const [i, r] of results.entries()) {
+      expect(r.enc.stats().frames.zstd).toBeGreaterThan(0);
+      expect((await decodeAll(r.frames)).equals(inputs[i]!)).toBe(true);
+    }
   });
 
   it('a write that fails while the source is idle rejects the pump, not the process', async () => {

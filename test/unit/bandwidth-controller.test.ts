@@ -163,6 +163,15 @@ describe('CompressionController', () => {
     expect(c.linkEstimateBytesPerSec!).toBeGreaterThan(20e6);
   });
 
+  it("a stream's first chunk counts for the ratio, not the speed (it also set the stream up)", () => {
+    const c = new CompressionController({ mode: 3 });
+    c.observeCompress(3, 1e6, 2.5e5, null);
+    expect(c.expectedRawBytesPerSec(3, 1e15) / 200e6).toBeCloseTo(1, 2); // the profile's speed
+    expect(c.expectedRawBytesPerSec(3, 1)).toBeCloseTo(4, 5); // the measured ratio over a link of 1 B/s
+    c.observeCompress(3, 1e6, 2.5e5, 10);
+    expect(c.expectedRawBytesPerSec(3, 1e15) / 100e6).toBeCloseTo(1, 2);
+  });
+
   it('leaves the long-window stream for raw only for a large gain: what goes raw is missing from its history', () => {
     const c = new CompressionController({ mode: 'adaptive', linkHint: { throughputBytesPerSec: 12.5e6 } });
     expect(c.level).toBe(3);
