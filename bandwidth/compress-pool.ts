@@ -1,8 +1,8 @@
 // Compression off the event loop: a few worker threads per process (bandwidth/zstd-worker.ts) hold the encoders'
 // level streams. The node's event loop also carries Raft heartbeats, the mesh and the API; a 256 KiB chunk at level 9
 // takes it ~5 ms, at the rate a migration feeds chunks that starved everything else. Each encoder's stream lives on
-// one thread (zstd's history is in that thread's context); an encoder has one chunk in flight at a time, so a
-// thread's queue holds at most one chunk per encoder assigned to it.
+// one thread (zstd's history is in that thread's context); an encoder has at most compressAheadChunks (encoder.ts)
+// with its thread, which bounds each thread's queue.
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';

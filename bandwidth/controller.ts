@@ -103,7 +103,6 @@ interface LevelFigures {
   /** The raw bytes whose compression was timed, and that time. */
   timedRawBytes: number;
   compressMs: number;
-  samples: number;
 }
 
 export function validateMode(mode: CompressionMode): CompressionMode {
@@ -119,8 +118,8 @@ export class CompressionController {
   private measuredLevel: number | null = null;
   /** Link capacity estimate in wire bytes/s; null = unknown. */
   private linkBytesPerSec: number | null;
-  /** The estimate as last measured with the link saturated, and the time of samples since. */
-  private saturatedBytesPerSec: number | null = null;
+  /** Whether the link was ever measured saturated, and the time of samples since it last was. */
+  private seenSaturated = false;
   private sinceSaturatedMs = 0;
   private current: number;
   private changedAtMs: number | null = null;
@@ -168,8 +167,10 @@ export class CompressionController {
     const saturated = this.pendingWaitMs / this.pendingWallMs >= linkSaturatedWaitShare;
     this.sinceSaturatedMs = saturated ? 0 : this.sinceSaturatedMs + this.pendingWallMs;
     if (this.linkBytesPerSec === null) this.linkBytesPerSec = rate;
-    else if (saturated) this.linkBytesPerSec = this.saturatedBytesPerSec = ewma(this.linkBytesPerSec, rate);
-    else if (this.saturatedBytesPerSec === null || this.sinceSaturatedMs >= linkProbeAfterMs) {
+    else if (saturated) {
+      this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
+      this.seenSaturated = true;
+    } else if (!this.seenSaturated || this.sinceSaturatedMs >= linkProbeAfterMs) {
       // Not saturated because the compressor is the bottleneck: the link could take more than it got. Probe upward
       // so that a cheaper level gets its turn; once writes wait again, the average pulls the estimate back down.
       // Not saturated because the source had nothing more to send (QEMU scanning memory, zero pages): the link
@@ -204,7 +205,6 @@ export class CompressionController {
       outBytes: (f?.outBytes ?? 0) * keep + Math.max(outBytes, 1),
       timedRawBytes: (f?.timedRawBytes ?? 0) * keep + (timed ? rawBytes : 0),
       compressMs: (f?.compressMs ?? 0) * keep + (timed ? Math.max(elapsedMs, 0.01) : 0),
-      samples: (f?.samples ?? 0) + 1,
     });
     this.measuredLevel = level;
   }
@@ -241,7 +241,7 @@ export class CompressionController {
     if (this.mode !== 'adaptive') return this.current;
     this.firstChunkAtMs ??= nowMs;
     const link = this.linkBytesPerSec;
-    const settled = this.hinted || this.saturatedBytesPerSec !== null || nowMs - this.firstChunkAtMs >= linkSettleMs;
+    const settled = this.hinted || this.seenSaturated || nowMs - this.firstChunkAtMs >= linkSettleMs;
     if (link !== null && settled && (this.changedAtMs === null || nowMs - this.changedAtMs >= levelHoldMs)) {
       const best = this.best(link);
       const gain = this.current >= longDistanceLevelMin && best < longDistanceLevelMin ? historyLeaveGain : levelSwitchGain;

@@ -1,7 +1,7 @@
 // The sending half of the codec: cuts a byte stream into chunks and sends each as a frame — zero (header only),
 // raw, or zstd at the level the controller picks, compressed on a worker thread (compress-pool.ts) — while the
-// previous frame is still being written, so the compressor and the link work at the same time. Every write's back-pressure wait feeds the controller's link
-// estimate: the measurement is passive, from the transfer itself.
+// previous frame is still being written, so the compressor and the link work at the same time. Every write's
+// back-pressure wait feeds the controller's link estimate: the measurement is passive, from the transfer itself.
 import { BandwidthError } from './errors.js';
 import { CompressionController, validateMode, type CompressionMode, type LinkHint } from './controller.js';
 import { encodeFrame, frameRawBytesMax } from './frame.js';

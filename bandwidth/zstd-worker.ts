@@ -23,12 +23,9 @@ port.on('message', (msg: unknown) => {
     }
     const cold = !s.has(msg.level);
     const t0 = performance.now();
-    const compressed = s.compress(msg.level, msg.data);
+    const out = s.compress(msg.level, msg.data); // owns its ArrayBuffer: transferred, not copied
     // A stream's first chunk also sets it up (tens of ms for the window's tables): not the compressor's speed.
     const elapsedMs = cold ? null : performance.now() - t0;
-    // A copy of our own: the stream's output may sit in a shared pool, which must not be transferred away.
-    const out = new Uint8Array(compressed.byteLength);
-    out.set(compressed);
     reply = { seq: msg.seq, out, elapsedMs };
     port.postMessage(reply, [out.buffer]);
   } catch (err) {

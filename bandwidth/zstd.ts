@@ -26,25 +26,37 @@ const empty = new Uint8Array(0);
 
 export class ZstdStreamEncoder {
   private readonly contexts = new Map<number, ZstdBinding.CCtx>();
-  private readonly out = Buffer.allocUnsafe(compressOutBytes);
+  private readonly out: Uint8Array<ArrayBuffer> = new Uint8Array(compressOutBytes);
 
   /** Whether `level` has a stream yet: its first chunk also pays for setting it up (tables, window). */
   has(level: number): boolean {
     return this.contexts.has(level);
   }
 
-  /** Appends `raw` to the level's stream and returns the bytes that decode it (flushed: nothing held back). */
-  compress(level: number, raw: Uint8Array): Uint8Array {
+  /**
+   * Appends `raw` to the level's stream and returns the bytes that decode it (flushed: nothing held back), in an
+   * ArrayBuffer of their own (never Node's shared pool), so the compressing thread can transfer it as it is.
+   */
+  compress(level: number, raw: Uint8Array): Uint8Array<ArrayBuffer> {
     const c = this.context(level);
-    const parts: Buffer[] = [];
+    const parts: Array<Uint8Array<ArrayBuffer>> = [];
+    let size = 0;
     let src = raw;
     for (;;) {
       const [remaining, produced, consumed] = c.compressStream2(this.out, src, binding.EndDirective.flush);
-      if (produced > 0) parts.push(Buffer.from(this.out.subarray(0, produced)));
+      if (produced > 0) parts.push(this.out.slice(0, produced));
+      size += produced;
       src = src.subarray(consumed);
       if (remaining === 0 && src.byteLength === 0) break;
     }
-    return parts.length === 1 && parts[0] !== undefined ? parts[0] : Buffer.concat(parts);
+    if (parts.length === 1 && parts[0] !== undefined) return parts[0];
+    const all = new Uint8Array(size);
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.byteLength;
+    }
+    return all;
   }
 
   private context(level: number): ZstdBinding.CCtx {
