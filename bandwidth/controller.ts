@@ -1,11 +1,18 @@
 // The compression controller: picks the zstd level for the next chunk so that the RAW bytes delivered per second
 // are highest. For a level L with compressor speed S(L) (raw bytes/s) and ratio R(L) (raw/wire) over a link that
-// carries C wire bytes/s, the delivered raw rate is min(S(L), C × R(L)); raw (level 0) delivers C. S and R are
-// measured as the transfer goes (EWMA per level), C passively from how long writes wait on back-pressure. A fast,
-// unsaturated link therefore gets raw; a slow one the level whose ratio pays for its speed.
+// carries C wire bytes/s, the delivered raw rate is 1 / (max(1/S, 1/(C·R)) + k·min(1/S, 1/(C·R))): compressing
+// and sending overlap, but not fully (k = overlapLossShare); raw (level 0) delivers C.
 //
-// PURE: time and randomness come in as arguments, so every decision replays deterministically in tests.
+// Only the level in use is measured (decayed sums of its chunks: speed, and the share of bytes it saves). The other
+// levels follow from it through a profile of how the levels compare on guest memory: how compressible the memory is
+// NOW and how fast this host compresses NOW come from the measurement, the relation between levels from the
+// profile. Measuring each level on its own chunks compared them on different memory (a random region against a
+// text region) and made the controller flap; comparing on the same chunk is impossible because each level is one
+// zstd stream whose history the receiver must share. C is measured passively from how long writes wait.
+//
+// PURE: time comes in as an argument, so every decision replays deterministically in tests.
 import { BandwidthError } from './errors.js';
+import { longDistanceLevelMin } from './zstd.js';
 
 export type CompressionMode = 'adaptive' | 'off' | number;
 
@@ -13,11 +20,16 @@ export type CompressionMode = 'adaptive' | 'off' | number;
 export const adaptiveLevels: readonly number[] = [0, 1, 3, 6, 9];
 /** A switch must promise this much more raw throughput than the current level, or flapping would cost more. */
 export const levelSwitchGain = 0.05;
+/**
+ * What a switch from a long-window level (bandwidth/zstd.ts longDistanceLevelMin and up) to raw or a short-window
+ * level must promise instead: the chunks sent that way never enter the long window, so later memory that repeats
+ * them (the same binaries in several places) finds nothing to match. Leaving for raw on a stretch of poorly
+ * compressible memory cost the bench guest 10 % of its ratio.
+ */
+export const historyLeaveGain = 0.25;
 /** Least time between two level changes. */
 export const levelHoldMs = 500;
-/** Share of chunks compressed at a neighbouring level to keep its figures fresh (drawn with the injected random). */
-export const exploreProbability = 1 / 16;
-/** Weight of a new observation in the per-level and link averages. */
+/** Weight of a new observation in the level's and the link's averages. */
 export const ewmaWeight = 0.2;
 /** Wire samples shorter than this are merged with the next (a single non-blocking write says nothing of the link). */
 export const wireSampleMinMs = 50;
@@ -27,14 +39,49 @@ export const linkSaturatedWaitShare = 0.05;
 export const unsaturatedGrowth = 0.25;
 /** A wire rate at least this share of the current level's output rate (speed / ratio) counts as compressor-bound. */
 export const compressorBoundShare = 0.7;
+/**
+ * Share of the shorter of compressing and sending a byte that does not overlap the longer. Compression runs on the
+ * event loop that also drives the sends, and shares the cores with QEMU: with 0 (a perfect pipeline) levels 6 and 9
+ * looked as good as 3 at 100 Mbit/s, yet took 11 % and 32 % longer in bench:migration; 0.5 predicted all four
+ * levels' times there within 10 %.
+ */
+export const overlapLossShare = 0.5;
+/**
+ * While the compressor (or the source) holds the transfer back the link cannot be measured, and the estimate probes
+ * upward; but not for this long after the link was last measured saturated: that measurement is the link, and
+ * probing past it in a stretch of very compressible memory sent the next ordinary memory out at too cheap a level.
+ */
+export const linkProbeAfterMs = 5000;
+/**
+ * While raw, every this many chunks goes through the last level measured: raw measures nothing of the memory, and
+ * without it a region of random data sent raw would leave the controller believing all memory incompressible.
+ */
+export const rawProbeEveryChunks = 16;
+/**
+ * Until the link has been seen saturated, the level is re-decided only this long after the first chunk: the first
+ * megabytes fill socket buffers (TCP grows them to several MB) at memory speed, and an estimate taken from them sent
+ * the start of a 100 Mbit/s migration raw. A link hint from the mesh's link model needs no wait.
+ */
+export const linkSettleMs = 1000;
+/** The level while nothing is known of the link. */
+export const unknownLinkLevel = 3;
 /** Ceiling of the link estimate (100 Gbit/s). */
 export const linkEstimateMaxBytesPerSec = 12.5e9;
 
-/** Starting figures per level before anything is measured (zstd on mixed guest memory, one core). */
-const speedPriorBytesPerSec: Readonly<Record<number, number>> = { 1: 400e6, 3: 300e6, 6: 120e6, 9: 60e6 };
-const ratioPrior: Readonly<Record<number, number>> = { 1: 2.5, 3: 2.6, 6: 2.75, 9: 2.8 };
-const speedPriorOther = 40e6;
-const ratioPriorOther = 2.8;
+/**
+ * How the levels' streams compare (bandwidth/zstd.ts; the bench guest's memory, one core of the CI host): raw bytes/s
+ * and ratio. Level 1 has no long-distance matching and a small window: fast, but it finds no far repeats.
+ */
+export const levelProfile: Readonly<Record<number, { speedBytesPerSec: number; ratio: number }>> = {
+  1: { speedBytesPerSec: 450e6, ratio: 2.38 },
+  3: { speedBytesPerSec: 200e6, ratio: 3.28 },
+  6: { speedBytesPerSec: 90e6, ratio: 3.37 },
+  9: { speedBytesPerSec: 55e6, ratio: 3.36 },
+};
+/** For a fixed level outside the ladder (only its own measurements are ever used). */
+const profileOther = { speedBytesPerSec: 40e6, ratio: 3.3 };
+/** Saved share of bytes never reaches 1: a zero chunk is sent as a header, anything else costs something. */
+const savedShareMax = 0.999;
 
 export interface LinkHint {
   throughputBytesPerSec: number | null;
@@ -43,15 +90,19 @@ export interface LinkHint {
 
 export interface ControllerOptions {
   mode: CompressionMode;
-  /** A number in [0, 1): the controller's only source of randomness. */
-  random: () => number;
   linkHint?: LinkHint;
 }
 
+/**
+ * Decayed sums, not averages of per-chunk figures: what matters is time per raw byte, so a chunk counts by its bytes.
+ * An average of ratios let one near-empty chunk (ratio 400) swing a level's figure a hundredfold.
+ */
 interface LevelFigures {
-  speed: number;
-  ratio: number;
-  samples: number;
+  rawBytes: number;
+  outBytes: number;
+  /** The raw bytes whose compression was timed, and that time. */
+  timedRawBytes: number;
+  compressMs: number;
 }
 
 export function validateMode(mode: CompressionMode): CompressionMode {
@@ -62,12 +113,19 @@ export function validateMode(mode: CompressionMode): CompressionMode {
 
 export class CompressionController {
   private readonly mode: CompressionMode;
-  private readonly random: () => number;
   private readonly figures = new Map<number, LevelFigures>();
+  /** The level whose measurements stand for the memory and host now: the last one that compressed a chunk. */
+  private measuredLevel: number | null = null;
   /** Link capacity estimate in wire bytes/s; null = unknown. */
   private linkBytesPerSec: number | null;
+  /** Whether the link was ever measured saturated, and the time of samples since it last was. */
+  private seenSaturated = false;
+  private sinceSaturatedMs = 0;
   private current: number;
   private changedAtMs: number | null = null;
+  private readonly hinted: boolean;
+  private firstChunkAtMs: number | null = null;
+  private rawChunks = 0;
   private pendingWireBytes = 0;
   private pendingWaitMs = 0;
   private pendingWallMs = 0;
@@ -75,14 +133,14 @@ export class CompressionController {
 
   constructor(opts: ControllerOptions) {
     this.mode = validateMode(opts.mode);
-    this.random = opts.random;
     const hint = opts.linkHint?.throughputBytesPerSec ?? null;
     this.linkBytesPerSec = hint !== null && hint > 0 ? hint : null;
-    for (const l of adaptiveLevels) if (l > 0) this.figures.set(l, { speed: speedPriorBytesPerSec[l] ?? speedPriorOther, ratio: ratioPrior[l] ?? ratioPriorOther, samples: 0 });
+    this.hinted = this.linkBytesPerSec !== null;
     if (this.mode === 'off') this.current = 0;
     else if (typeof this.mode === 'number') this.current = this.mode;
-    // Unknown link: level 1 costs little on a fast link and already pays on a slow one.
-    else this.current = this.linkBytesPerSec === null ? 1 : this.best(this.linkBytesPerSec);
+    // Unknown link: level 3 keeps up with about 1.5 Gbit/s of memory and its stream (long-distance matching) is the
+    // one worth filling first; the measurements correct it after linkSettleMs.
+    else this.current = this.linkBytesPerSec === null ? unknownLinkLevel : this.best(this.linkBytesPerSec);
   }
 
   /** The level in use (0 = raw). */
@@ -107,14 +165,20 @@ export class CompressionController {
     if (this.pendingWallMs < wireSampleMinMs) return;
     const rate = this.pendingWireBytes / (this.pendingWallMs / 1000);
     const saturated = this.pendingWaitMs / this.pendingWallMs >= linkSaturatedWaitShare;
+    this.sinceSaturatedMs = saturated ? 0 : this.sinceSaturatedMs + this.pendingWallMs;
     if (this.linkBytesPerSec === null) this.linkBytesPerSec = rate;
-    else if (saturated) this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
-    // Not saturated, because the compressor is the bottleneck: the link could take more than it got. Probe upward
-    // so that a cheaper level gets its turn; once writes wait again, the average pulls the estimate back down.
-    else if (this.compressorBound(rate)) this.linkBytesPerSec = Math.min(Math.max(this.linkBytesPerSec, rate) * (1 + unsaturatedGrowth), linkEstimateMaxBytesPerSec);
-    // Not saturated because the source had nothing more to send (QEMU scanning memory, zero pages): that says the
-    // link carries at least this much, nothing about how much more. Growing here sent whole transfers raw.
-    else this.linkBytesPerSec = Math.max(this.linkBytesPerSec, rate);
+    else if (saturated) {
+      this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
+      this.seenSaturated = true;
+    } else if (!this.seenSaturated || this.sinceSaturatedMs >= linkProbeAfterMs) {
+      // Not saturated because the compressor is the bottleneck: the link could take more than it got. Probe upward
+      // so that a cheaper level gets its turn; once writes wait again, the average pulls the estimate back down.
+      // Not saturated because the source had nothing more to send (QEMU scanning memory, zero pages): the link
+      // carries at least this much, nothing about how much more; and a burst into empty socket buffers looks faster
+      // than any link, so the estimate only moves toward it.
+      const candidate = this.compressorBound(rate) ? this.linkBytesPerSec * (1 + unsaturatedGrowth) : ewma(this.linkBytesPerSec, Math.max(rate, this.linkBytesPerSec));
+      this.linkBytesPerSec = Math.max(this.linkBytesPerSec, Math.min(candidate, linkEstimateMaxBytesPerSec));
+    }
     this.pendingWireBytes = 0;
     this.pendingWaitMs = 0;
     this.pendingWallMs = 0;
@@ -123,47 +187,71 @@ export class CompressionController {
   /** The wire rate is about what the current level's compressor can produce: it, not the source, held the transfer back. */
   private compressorBound(wireRate: number): boolean {
     if (this.current === 0) return false;
-    const f = this.figures.get(this.current);
-    return f !== undefined && wireRate >= compressorBoundShare * (f.speed / Math.max(f.ratio, 1));
+    const f = this.figuresOf(this.current);
+    return wireRate >= compressorBoundShare * (f.speed / Math.max(f.ratio, 1));
   }
 
-  /** One chunk compressed at `level`: its speed and ratio update that level's figures. */
-  observeCompress(level: number, rawBytes: number, outBytes: number, elapsedMs: number): void {
+  /**
+   * One chunk compressed at `level`: its speed and ratio update that level's figures. `elapsedMs` null: the time
+   * says nothing of the speed (the stream's first chunk, which also set it up), only the ratio counts.
+   */
+  observeCompress(level: number, rawBytes: number, outBytes: number, elapsedMs: number | null): void {
     if (level === 0 || rawBytes === 0) return;
-    const speed = rawBytes / (Math.max(elapsedMs, 0.01) / 1000);
-    const ratio = rawBytes / Math.max(outBytes, 1);
     const f = this.figures.get(level);
-    if (f === undefined) this.figures.set(level, { speed, ratio, samples: 1 });
-    else this.figures.set(level, { speed: f.samples === 0 ? speed : ewma(f.speed, speed), ratio: f.samples === 0 ? ratio : ewma(f.ratio, ratio), samples: f.samples + 1 });
+    const keep = f === undefined ? 0 : 1 - ewmaWeight;
+    const timed = elapsedMs !== null;
+    this.figures.set(level, {
+      rawBytes: (f?.rawBytes ?? 0) * keep + rawBytes,
+      outBytes: (f?.outBytes ?? 0) * keep + Math.max(outBytes, 1),
+      timedRawBytes: (f?.timedRawBytes ?? 0) * keep + (timed ? rawBytes : 0),
+      compressMs: (f?.compressMs ?? 0) * keep + (timed ? Math.max(elapsedMs, 0.01) : 0),
+    });
+    this.measuredLevel = level;
   }
 
   /** Raw bytes/s level `level` is expected to deliver over a link of `link` wire bytes/s. */
   expectedRawBytesPerSec(level: number, link: number): number {
     if (level === 0) return link;
-    const f = this.figures.get(level);
-    if (f === undefined) return 0;
-    return Math.min(f.speed, link * f.ratio);
+    const f = this.figuresOf(level);
+    const compressSecPerByte = 1 / f.speed;
+    const wireSecPerByte = 1 / (link * f.ratio);
+    return 1 / (Math.max(compressSecPerByte, wireSecPerByte) + overlapLossShare * Math.min(compressSecPerByte, wireSecPerByte));
   }
 
-  /** The level for the next chunk. Adaptive mode re-decides at most every levelHoldMs and sometimes explores. */
+  /**
+   * A level's expected speed and ratio: the measured level's own figures, any other level's profile scaled as the
+   * measured level's figures compare with its profile (speed by speed; ratio through the share of bytes saved, so
+   * incompressible memory makes every level incompressible rather than a fixed multiple of 1).
+   */
+  private figuresOf(level: number): { speed: number; ratio: number } {
+    const profile = levelProfile[level] ?? profileOther;
+    const m = this.measuredLevel === null ? undefined : this.figures.get(this.measuredLevel);
+    if (this.measuredLevel === null || m === undefined) return { speed: profile.speedBytesPerSec, ratio: profile.ratio };
+    const ratio = m.rawBytes / m.outBytes;
+    const base = levelProfile[this.measuredLevel] ?? profileOther;
+    // No timed chunk yet: the host's speed is the profile's.
+    const speed = m.compressMs > 0 ? m.timedRawBytes / (m.compressMs / 1000) : base.speedBytesPerSec;
+    if (level === this.measuredLevel) return { speed, ratio };
+    const saved = Math.min(savedShare(profile.ratio) * (savedShare(ratio) / savedShare(base.ratio)), savedShareMax);
+    return { speed: profile.speedBytesPerSec * (speed / base.speedBytesPerSec), ratio: 1 / (1 - saved) };
+  }
+
+  /** The level for the next chunk. Adaptive mode re-decides at most every levelHoldMs. */
   next(nowMs: number): number {
     if (this.mode !== 'adaptive') return this.current;
+    this.firstChunkAtMs ??= nowMs;
     const link = this.linkBytesPerSec;
-    if (link !== null && (this.changedAtMs === null || nowMs - this.changedAtMs >= levelHoldMs)) {
+    const settled = this.hinted || this.seenSaturated || nowMs - this.firstChunkAtMs >= linkSettleMs;
+    if (link !== null && settled && (this.changedAtMs === null || nowMs - this.changedAtMs >= levelHoldMs)) {
       const best = this.best(link);
-      if (best !== this.current && this.expectedRawBytesPerSec(best, link) > this.expectedRawBytesPerSec(this.current, link) * (1 + levelSwitchGain)) {
+      const gain = this.current >= longDistanceLevelMin && best < longDistanceLevelMin ? historyLeaveGain : levelSwitchGain;
+      if (best !== this.current && this.expectedRawBytesPerSec(best, link) > this.expectedRawBytesPerSec(this.current, link) * (1 + gain)) {
         this.current = best;
         this.changedAtMs = nowMs;
         this.changes++;
       }
     }
-    if (this.random() < exploreProbability) {
-      // One chunk at a neighbour keeps its figures honest as the data changes (raw needs no measuring).
-      const i = adaptiveLevels.indexOf(this.current);
-      const neighbours = [adaptiveLevels[i - 1], adaptiveLevels[i + 1]].filter((l): l is number => l !== undefined && l > 0);
-      const pick = neighbours[Math.floor(this.random() * neighbours.length)];
-      if (pick !== undefined) return pick;
-    }
+    if (this.current === 0 && ++this.rawChunks % rawProbeEveryChunks === 0) return this.measuredLevel ?? (adaptiveLevels[1] ?? 1);
     return this.current;
   }
 
@@ -180,6 +268,11 @@ export class CompressionController {
     }
     return best;
   }
+}
+
+/** Share of bytes a ratio saves: 0 for 1, approaching 1 for large ratios. */
+function savedShare(ratio: number): number {
+  return Math.max(0, 1 - 1 / ratio);
 }
 
 function ewma(prev: number, sample: number): number {

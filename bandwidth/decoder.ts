@@ -2,7 +2,7 @@
 // and yields the raw bytes in order. The end frame must come last; a stream that stops before it was cut off.
 import { BandwidthError } from './errors.js';
 import { decodeHeader, frameHeaderBytes, framePayloadBytesMax, type FrameHeader } from './frame.js';
-import { decompressExact } from './zstd.js';
+import { ZstdStreamDecoder } from './zstd.js';
 
 export interface DecoderStats {
   rawBytes: number;
@@ -12,6 +12,7 @@ export interface DecoderStats {
 
 export class FrameDecoder {
   private readonly payloadBytesMax: number;
+  private readonly zstd = new ZstdStreamDecoder();
   private rawBytes = 0;
   private wireBytes = 0;
   private frames = 0;
@@ -64,9 +65,9 @@ export class FrameDecoder {
         return new Uint8Array(h.rawBytes);
       case 'zstd':
         try {
-          return decompressExact(payload, h.rawBytes);
+          return this.zstd.decompress(h.level, payload, h.rawBytes);
         } catch (err) {
-          throw new BandwidthError('bandwidth_frame_invalid', `invalid frame: zstd payload does not decode to ${h.rawBytes} bytes`, { cause: err });
+          throw new BandwidthError('bandwidth_frame_invalid', `invalid frame: zstd payload does not continue the level ${h.level} stream with ${h.rawBytes} bytes`, { cause: err });
         }
       default:
         throw new BandwidthError('bandwidth_frame_invalid', `invalid frame: unexpected ${h.kind} frame`);

@@ -1,28 +1,26 @@
 // The sending half of the codec: cuts a byte stream into chunks and sends each as a frame — zero (header only),
-// raw, or zstd at the level the controller picks — while the previous frame is still being written, so the
-// compressor and the link work at the same time. Every write's back-pressure wait feeds the controller's link
-// estimate: the measurement is passive, from the transfer itself.
+// raw, or zstd at the level the controller picks, compressed on a worker thread (compress-pool.ts) — while the
+// previous frame is still being written, so the compressor and the link work at the same time. Every write's
+// back-pressure wait feeds the controller's link estimate: the measurement is passive, from the transfer itself.
 import { BandwidthError } from './errors.js';
 import { CompressionController, validateMode, type CompressionMode, type LinkHint } from './controller.js';
 import { encodeFrame, frameRawBytesMax } from './frame.js';
 import type { RateLimiter } from './rate-limit.js';
-import { ZstdContexts } from './zstd.js';
+import { ThreadedZstdStream } from './compress-pool.js';
 
+/** Chunks handed to the compressing thread ahead of the sender (bounds the memory held: 4 × 256 KiB and their output). */
+export const compressAheadChunks = 4;
 /** Raw bytes per frame: big enough for zstd to find redundancy and for headers to vanish, small enough to pipeline. */
 export const chunkBytesDefault = 256 * 1024;
-/** A compressed chunk must be at least this much smaller (raw / compressed) or it goes raw: decoding it costs too. */
-export const compressGainMin = 1.03;
 
 export interface EncoderOptions {
   compression: CompressionMode;
-  /** A monotonic clock in ms with sub-ms resolution (default performance.now): compressor timings need it. */
+  /** A monotonic clock in ms with sub-ms resolution (default performance.now): the write timings need it. */
   nowMs?: () => number;
   /** All are honoured (e.g. the migration's own cap and the node's). */
   limiters?: readonly RateLimiter[];
   linkHint?: LinkHint;
   chunkBytes?: number;
-  /** The controller's randomness, in [0, 1) (default Math.random). */
-  random?: () => number;
 }
 
 export interface EncoderStats {
@@ -51,7 +49,8 @@ export function isAllZero(b: Uint8Array): boolean {
 
 export class FrameEncoder {
   private readonly controller: CompressionController;
-  private readonly zstd = new ZstdContexts();
+  /** Started with the first chunk to compress: a direction that never compresses needs no thread. */
+  private zstd: ThreadedZstdStream | null = null;
   private readonly nowMs: () => number;
   private readonly limiters: readonly RateLimiter[];
   private readonly chunkBytes: number;
@@ -70,29 +69,82 @@ export class FrameEncoder {
     if (!Number.isInteger(this.chunkBytes) || this.chunkBytes < 1 || this.chunkBytes > frameRawBytesMax) {
       throw new BandwidthError('bandwidth_options_invalid', `chunkBytes must be 1..${frameRawBytesMax}, got ${this.chunkBytes}`);
     }
-    this.controller = new CompressionController({ mode: opts.compression, random: opts.random ?? Math.random, ...(opts.linkHint === undefined ? {} : { linkHint: opts.linkHint }) });
+    this.controller = new CompressionController({ mode: opts.compression, ...(opts.linkHint === undefined ? {} : { linkHint: opts.linkHint }) });
   }
 
-  /** Reads `source` to its end, writing frames through `write` (awaiting its back-pressure), then an end frame. */
+  /**
+   * Reads `source` to its end, writing frames through `write` (awaiting its back-pressure), then an end frame. Up to
+   * compressAheadChunks chunks are with the compressing thread at once, so the hand-over to it (a wake-up of another
+   * thread, which on a busy host took longer than compressing the chunk) overlaps the compression of the others;
+   * a sender takes the frames in order as they are ready and writes each once the previous write is done.
+   */
   async pump(source: AsyncIterable<Uint8Array>, write: (frame: Uint8Array) => Promise<void>, signal?: AbortSignal): Promise<void> {
-    let inFlight: Promise<void> | null = null;
+    const queue: Array<Promise<Uint8Array>> = [];
+    // Shared between the reading loop and the sender; an object, so that TypeScript does not narrow it.
+    const st: { readerDone: boolean; failed: { err: unknown } | null; wakeSender: (() => void) | null; wakeReader: (() => void) | null } = {
+      readerDone: false,
+      failed: null,
+      wakeSender: null,
+      wakeReader: null,
+    };
+    const wake = (): void => {
+      st.wakeSender?.();
+      st.wakeSender = null;
+      st.wakeReader?.();
+      st.wakeReader = null;
+    };
+    const sender = (async () => {
+      let inFlight: Promise<void> | null = null;
+      try {
+        for (;;) {
+          const next = queue[0];
+          if (next === undefined) {
+            if (st.readerDone || st.failed !== null) break;
+            await new Promise<void>((r) => (st.wakeSender = r));
+            continue;
+          }
+          const frame = await next;
+          void queue.shift(); // the promise just awaited
+          wake();
+          // Wait for the previous frame only now: its write overlapped this chunk's compression.
+          const waitStart = this.nowMs();
+          if (inFlight !== null) await inFlight;
+          inFlight = this.send(frame, write, this.nowMs() - waitStart, signal);
+          // Observed now, awaited later: a write that fails while nothing is ready must not be an unhandled
+          // rejection (that ends the process); the next await or the finally below still sees the error.
+          inFlight.catch(() => undefined);
+        }
+        if (inFlight !== null) await inFlight;
+        inFlight = null;
+        // Only a source read to its end gets the end frame: a cut stream must look cut to the receiver.
+        if (st.failed === null) await this.send(encodeFrame({ kind: 'end', level: 0, rawBytes: 0 }, null), write, 0, signal);
+      } catch (err) {
+        st.failed ??= { err };
+        wake();
+        if (inFlight !== null) await inFlight.catch(() => undefined);
+      }
+    })();
     try {
       for await (const chunk of rechunk(source, this.chunkBytes)) {
         if (signal?.aborted === true) throw new BandwidthError('bandwidth_aborted', 'encoder aborted', { cause: signal.reason });
+        while (queue.length >= compressAheadChunks && st.failed === null) await new Promise<void>((r) => (st.wakeReader = r));
+        if (st.failed !== null) break;
         this.startedAtMs ??= this.nowMs();
         const frame = this.encode(chunk);
-        // Wait for the previous frame only now: its write overlapped this chunk's compression.
-        const waitStart = this.nowMs();
-        if (inFlight !== null) await inFlight;
-        inFlight = this.send(frame, write, this.nowMs() - waitStart, signal);
+        frame.catch(() => undefined); // the sender sees it
+        queue.push(frame);
+        wake();
       }
-      if (inFlight !== null) await inFlight;
-      inFlight = null;
-      await this.send(encodeFrame({ kind: 'end', level: 0, rawBytes: 0 }, null), write, 0, signal);
+    } catch (err) {
+      st.failed ??= { err };
     } finally {
-      // Do not leave a rejected write unobserved when the loop failed for another reason.
-      if (inFlight !== null) await inFlight.catch(() => undefined);
+      st.readerDone = true;
+      wake();
+      await sender;
+      this.zstd?.close();
+      for (const p of queue) await p.catch(() => undefined);
     }
+    if (st.failed !== null) throw st.failed.err;
   }
 
   stats(): EncoderStats {
@@ -110,7 +162,7 @@ export class FrameEncoder {
     };
   }
 
-  private encode(chunk: Uint8Array): Uint8Array {
+  private async encode(chunk: Uint8Array): Promise<Uint8Array> {
     this.rawBytes += chunk.byteLength;
     if (isAllZero(chunk)) {
       this.frames.zero++;
@@ -118,16 +170,14 @@ export class FrameEncoder {
     }
     const level = this.controller.next(this.nowMs());
     if (level > 0) {
-      const t0 = this.nowMs();
-      const out = this.zstd.compress(level, chunk);
-      const elapsedMs = this.nowMs() - t0;
+      this.zstd ??= new ThreadedZstdStream();
+      const { out, elapsedMs } = await this.zstd.compress(level, chunk);
       this.controller.observeCompress(level, chunk.byteLength, out.byteLength, elapsedMs);
-      if (elapsedMs > 0) this.compressSpeed.set(level, chunk.byteLength / (elapsedMs / 1000));
-      // zstd recognises incompressible blocks at well over 1 GB/s, so trying costs little; sending it would not pay.
-      if (out.byteLength * compressGainMin <= chunk.byteLength) {
-        this.frames.zstd++;
-        return encodeFrame({ kind: 'zstd', level, rawBytes: chunk.byteLength }, out);
-      }
+      if (elapsedMs !== null && elapsedMs > 0) this.compressSpeed.set(level, chunk.byteLength / (elapsedMs / 1000));
+      // Sent even when it did not shrink: the chunk is in the level's history now, and the receiver's must match.
+      // zstd stores incompressible blocks as they are, so that costs a few bytes per 128 KiB.
+      this.frames.zstd++;
+      return encodeFrame({ kind: 'zstd', level, rawBytes: chunk.byteLength }, out);
     }
     this.frames.raw++;
     return encodeFrame({ kind: 'raw', level: 0, rawBytes: chunk.byteLength }, chunk);
@@ -146,50 +196,97 @@ export class FrameEncoder {
   }
 }
 
-const idle = Symbol('idle');
+/**
+ * Bytes read ahead of the compressor: the source (QEMU) keeps sending while a chunk is compressed, so chunks fill
+ * and the source is not paced by the compressor's every pause. Bounded: beyond it the source waits.
+ */
+export const readAheadBytesMax = 4 * 1024 * 1024;
 
 /**
- * Re-cuts a stream into chunks of `chunkBytes`, but never holds bytes back while the source has nothing more ready
- * (no Nagle): request/response traffic such as NBD would otherwise wait for a chunk that never fills.
+ * Re-cuts a stream into chunks of `chunkBytes`, reading ahead of the consumer up to `readAheadBytes`, but never
+ * holds bytes back while the source has nothing more ready (no Nagle): request/response traffic such as NBD would
+ * otherwise wait for a chunk that never fills.
  */
-export async function* rechunk(source: AsyncIterable<Uint8Array>, chunkBytes: number): AsyncGenerator<Uint8Array> {
+export async function* rechunk(source: AsyncIterable<Uint8Array>, chunkBytes: number, readAheadBytes = readAheadBytesMax): AsyncGenerator<Uint8Array> {
   const it = source[Symbol.asyncIterator]();
-  let parts: Uint8Array[] = [];
-  let size = 0;
-  let pending: Promise<IteratorResult<Uint8Array>> | null = null;
-  const flush = (): Uint8Array => {
-    const out = parts.length === 1 && parts[0] !== undefined ? parts[0] : Buffer.concat(parts, size);
-    parts = [];
-    size = 0;
-    return out;
+  const queue: Uint8Array[] = [];
+  let queued = 0;
+  let ended = false;
+  let stopped = false;
+  // Set inside callbacks: an object, so that TypeScript does not narrow them to their initial null.
+  const st: { failure: { err: unknown } | null; wakeConsumer: (() => void) | null; wakeReader: (() => void) | null } = { failure: null, wakeConsumer: null, wakeReader: null };
+  const notify = (): void => {
+    st.wakeConsumer?.();
+    st.wakeConsumer = null;
+  };
+  const reader = (async () => {
+    try {
+      while (!stopped) {
+        if (queued >= readAheadBytes) {
+          await new Promise<void>((r) => (st.wakeReader = r));
+          continue;
+        }
+        const r = await it.next();
+        if (r.done === true) break;
+        if (r.value.byteLength === 0) continue;
+        queue.push(r.value);
+        queued += r.value.byteLength;
+        notify();
+      }
+    } catch (err) {
+      st.failure = { err };
+    } finally {
+      ended = true;
+      notify();
+    }
+  })();
+  const take = (n: number): Uint8Array => {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    while (size < n) {
+      const head = queue[0];
+      if (head === undefined) break;
+      const want = n - size;
+      if (head.byteLength <= want) {
+        parts.push(head);
+        queue.shift();
+        size += head.byteLength;
+      } else {
+        parts.push(head.subarray(0, want));
+        queue[0] = head.subarray(want);
+        size += want;
+      }
+    }
+    queued -= size;
+    st.wakeReader?.();
+    st.wakeReader = null;
+    return parts.length === 1 && parts[0] !== undefined ? parts[0] : Buffer.concat(parts, size);
   };
   try {
     for (;;) {
-      pending ??= it.next();
-      const r = size > 0 ? await Promise.race([pending, new Promise<typeof idle>((res) => setImmediate(() => res(idle)))]) : await pending;
-      if (r === idle) {
-        yield flush();
+      if (queued >= chunkBytes) {
+        yield take(chunkBytes);
         continue;
       }
-      pending = null;
-      if (r.done === true) {
-        if (size > 0) yield flush();
+      if (ended) {
+        if (queued > 0) yield take(queued);
+        if (st.failure !== null) throw st.failure.err;
         return;
       }
-      let v = r.value;
-      while (size + v.byteLength >= chunkBytes) {
-        const take = chunkBytes - size;
-        parts.push(v.subarray(0, take));
-        size += take;
-        yield flush();
-        v = v.subarray(take);
+      if (queued === 0) {
+        await new Promise<void>((r) => (st.wakeConsumer = r));
+        continue;
       }
-      if (v.byteLength > 0) {
-        parts.push(v);
-        size += v.byteLength;
-      }
+      // Part of a chunk: wait one turn of the event loop for more; if none came, the source has nothing ready.
+      const more = await Promise.race([new Promise<boolean>((r) => (st.wakeConsumer = () => r(true))), new Promise<boolean>((r) => setImmediate(() => r(false)))]);
+      st.wakeConsumer = null;
+      if (!more && queued > 0 && queued < chunkBytes) yield take(queued);
     }
   } finally {
+    stopped = true;
+    st.wakeReader?.();
     await it.return?.();
+    // Not awaited: a reader blocked on a source that stays open would hold this up; it ends with the source.
+    void reader;
   }
 }

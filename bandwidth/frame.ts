@@ -1,16 +1,18 @@
 // The wire format of the codec: a fixed 12-byte header, then the payload.
 //
 //   0      magic 0x4e ('N')          4..7   raw length (u32 BE): bytes this frame stands for
-//   1      format version (1)        8..11  payload length (u32 BE): bytes that follow the header
+//   1      format version (2)        8..11  payload length (u32 BE): bytes that follow the header
 //   2      kind: raw | zstd | zero | end
 //   3      zstd level (0 unless zstd)
 //
+// A zstd payload is the next flushed piece of that level's stream (bandwidth/zstd.ts), not a frame of its own:
+// version 1 compressed every chunk alone, and a version 1 peer must refuse version 2 rather than misread it.
 // No checksum: the stream below (TCP under Noise's AEAD) already guarantees integrity, and QEMU's migration
 // stream and NBD have their own structure. Every length is bounded before anything is allocated.
 import { BandwidthError } from './errors.js';
 
 export const frameMagic = 0x4e;
-export const frameVersion = 1;
+export const frameVersion = 2;
 export const frameHeaderBytes = 12;
 /** Largest raw chunk one frame may stand for; the encoder's chunks are smaller (chunkBytesDefault). */
 export const frameRawBytesMax = 1024 * 1024;

@@ -6,3 +6,4 @@ export * from './controller.js';
 export * from './rate-limit.js';
 export * from './encoder.js';
 export * from './decoder.js';
+export * from './compress-pool.js';

@@ -9,11 +9,11 @@
 // the veth (its tx counter) and QEMU's downtime. RAM only: plain QEMU has no disk path to compare against.
 // The last line printed is one JSON object with the figures and the ratios the issue's goals are about.
 //
-//   npm run bench:migration [-- --speeds 10,100,1000]
+//   npm run bench:migration [-- --speeds 10,100,1000] [--variants qemu,novacron-adaptive,novacron-zstd3,...]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { migrationOptionsDefault } from '../consensus/cluster/commands.js';
@@ -21,8 +21,8 @@ import { ensureDemoGuest } from '../node/hypervisor/demo-guest.js';
 import { QemuDriver } from '../node/hypervisor/qemu.js';
 import type { QemuVmConfig } from '../node/hypervisor/qemu-args.js';
 import type { QmpClient } from '../node/hypervisor/qmp.js';
-import type { ByteChannel } from '../node/migration/protocol.js';
-import { prepareTarget, runSource } from '../migration/index.js';
+import { estimateBeforeStart, runSource } from '../migration/index.js';
+import { socketChannel } from './socket-channel.js';
 
 const ns = 'ncbench-t';
 const vethHost = 'ncb0';
@@ -30,7 +30,7 @@ const vethNs = 'ncb1';
 const hostIp = '10.77.0.1';
 const nsIp = '10.77.0.2';
 const qemuPort = 4444;
-const relayPort = 5555;
+const targetPort = 5555;
 const runTimeoutMs = 15 * 60_000;
 const pollMs = 100;
 const fillTimeoutMs = 120_000;
@@ -87,21 +87,6 @@ function shape(mbit: number): void {
   sh('ip', ['netns', 'exec', ns, 'tc', ...args.map((a, i) => (i === 3 ? vethNs : a))]);
 }
 
-function socketChannel(socket: Socket): ByteChannel {
-  // Failures surface through write callbacks and the iterator; an 'error' event without a listener would crash.
-  socket.on('error', () => undefined);
-  return {
-    write: (chunk) => new Promise((resolve, reject) => socket.write(chunk, (err) => (err == null ? resolve() : reject(err)))),
-    read: async function* () {
-      for await (const chunk of socket.iterator({ destroyOnReturn: false })) yield chunk as Uint8Array;
-    },
-    closeWrite: async () => {
-      socket.end();
-    },
-    abort: () => socket.destroy(),
-  };
-}
-
 function connectTcp(host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = connect({ host, port, allowHalfOpen: true });
@@ -140,6 +125,9 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number): Promise<{ statu
 async function main(): Promise<void> {
   const speedsArg = process.argv.indexOf('--speeds');
   const speeds = (speedsArg > 0 ? (process.argv[speedsArg + 1] ?? '') : '10,100,1000').split(',').map(Number).filter((n) => n > 0);
+  const variantsArg = process.argv.indexOf('--variants');
+  // For looking at a few variants; the figures in docs/benchmarks.md come from a run of all of them.
+  const onlyVariants = variantsArg > 0 ? (process.argv[variantsArg + 1] ?? '').split(',') : null;
   if (process.getuid?.() !== 0) throw new Error('bench:migration needs root (network namespaces, tc)');
   const guest = await ensureDemoGuest();
   const dir = mkdtempSync('/tmp/ncbm-');
@@ -148,10 +136,8 @@ async function main(): Promise<void> {
   chmodSync(wrapper, 0o755);
   setupNetwork();
   const src = new QemuDriver({ runDir: join(dir, 's'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
-  const dstLocal = new QemuDriver({ runDir: join(dir, 'd'), qemuBinary: 'qemu-system-x86_64', accel: 'tcg', logger });
   const dstNs = new QemuDriver({ runDir: join(dir, 'n'), qemuBinary: wrapper, accel: 'tcg', logger });
-  let relay: ChildProcess | null = null;
-  let dataServer: Server | null = null;
+  let target: ChildProcess | null = null;
   const runs: Run[] = [];
   try {
     const id = randomUUID();
@@ -162,16 +148,16 @@ async function main(): Promise<void> {
     await shell(src, id, `dd if=/dev/urandom of=/rand bs=1M count=${fill.randomMiB} 2>/dev/null; seq 1 ${fill.textLines} > /text; for i in $(seq 1 ${fill.binaryCopies}); do cat /bin/busybox $(find /lib/modules -name '*.ko*') > /bin$i; done; echo FILL-$((40+2))`);
     await waitConsole(src, id, 'FILL-42', fillTimeoutMs);
     const srcQmp = await src.qmp(id);
-    // The data path of NovaCron's tunnel: source tunnel → TCP over the shaped veth → relay in the namespace → here.
-    let session: Awaited<ReturnType<typeof prepareTarget>> | null = null;
-    const dataPath = join(dir, 'data.sock');
-    dataServer = createServer({ allowHalfOpen: true }, (conn) => {
-      if (session === null) conn.destroy();
-      else void session.acceptChannel('ram', socketChannel(conn)).catch(() => undefined);
-    });
-    await new Promise<void>((r) => dataServer?.listen(dataPath, r));
-    relay = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'migration-relay.js'), nsIp, String(relayPort), dataPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => relay?.stdout?.once('data', () => resolve()));
+    // NovaCron's target node: its own process in the namespace, fed over the shaped veth as a real target is.
+    target = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'migration-target.js'), nsIp, String(targetPort)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const targetReplies: Array<(m: { op: string; error?: string }) => void> = [];
+    target.on('message', (m: { op: string; error?: string }) => targetReplies.shift()?.(m));
+    const targetSays = (cmd: object | null): Promise<{ op: string; error?: string }> =>
+      new Promise((resolve) => {
+        targetReplies.push(resolve);
+        if (cmd !== null) target?.send(cmd);
+      });
+    if ((await targetSays(null)).op !== 'listening') throw new Error('the target process did not start');
 
     const resume = async (): Promise<void> => {
       const st = await srcQmp.execute<{ running: boolean }>('query-status');
@@ -205,21 +191,27 @@ async function main(): Promise<void> {
     };
 
     const novacronRun = async (mbit: number, compression: 'adaptive' | 'off' | number): Promise<Run> => {
-      await dstLocal.startIncoming({ ...config });
       const variant = `novacron-${compression === 'adaptive' || compression === 'off' ? compression : `zstd${compression}`}`;
+      const link = () => ({ rttMs: null, throughputBytesPerSec: null });
+      await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
+      // As the node does: the dirty-rate sample runs while the target prepares. The clock starts when the target is
+      // ready, where plain QEMU's starts; whatever of the sample is left then counts.
+      const estimating = estimateBeforeStart({ qmp: srcQmp, downtimeLimitMs: migrationOptionsDefault.downtimeLimitMs, link, signal: new AbortController().signal, nowMs: Date.now, logger });
       try {
-        session = await prepareTarget({ migrationId: 'bench', qmp: await dstLocal.qmp(id), disks: [], workDir: join(dir, 'wt'), postcopy: false, logger, nowMs: Date.now });
-        await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
+        const ready = await targetSays({ op: 'prepare', config, runDir: join(dir, 'd') });
+        if (ready.op !== 'ready') throw new Error(`the target could not prepare: ${ready.error ?? ready.op}`);
         const tx0 = txBytes();
         const t0 = performance.now();
+        const estimate = await estimating;
         const result = await runSource({
+          ...(estimate === null ? {} : { initialProgress: estimate }),
           migrationId: 'bench',
           qmp: srcQmp,
           disks: [],
           workDir: join(dir, 'ws'),
-          openChannel: async () => socketChannel(await connectTcp(nsIp, relayPort)),
+          openChannel: async () => socketChannel(await connectTcp(nsIp, targetPort)),
           options: { ...migrationOptionsDefault, compression, autoConverge: false, deadlineMs: runTimeoutMs },
-          link: () => ({ rttMs: null, throughputBytesPerSec: null }),
+          link,
           beforeSwitchover: async () => true,
           commit: async () => true,
           onProgress: () => undefined,
@@ -232,32 +224,31 @@ async function main(): Promise<void> {
       } catch (err) {
         return { variant, mbit, ms: 0, wireBytes: 0, downtimeMs: null, ok: false, error: err instanceof Error ? err.message : String(err) };
       } finally {
-        await session?.abort('bench run over').catch(() => undefined);
-        session = null;
-        await dstLocal.delete(id).catch(() => undefined);
+        await targetSays({ op: 'abort' });
         await resume();
       }
     };
 
     for (const mbit of speeds) {
       shape(mbit);
-      const variants: Array<() => Promise<Run>> = [
-        () => qemuRun(mbit, 'qemu'),
-        () => qemuRun(mbit, 'qemu-multifd-zstd'),
-        () => novacronRun(mbit, 'adaptive'),
-        () => novacronRun(mbit, 'off'),
-        ...fixedLevels.map((l) => () => novacronRun(mbit, l)),
+      const variants: Array<[string, () => Promise<Run>]> = [
+        ['qemu', () => qemuRun(mbit, 'qemu')],
+        ['qemu-multifd-zstd', () => qemuRun(mbit, 'qemu-multifd-zstd')],
+        ['novacron-adaptive', () => novacronRun(mbit, 'adaptive')],
+        ['novacron-off', () => novacronRun(mbit, 'off')],
+        ...fixedLevels.map((l): [string, () => Promise<Run>] => [`novacron-zstd${l}`, () => novacronRun(mbit, l)]),
       ];
-      for (const v of variants) {
+      for (const [name, v] of variants) {
+        if (onlyVariants !== null && !onlyVariants.includes(name)) continue;
         const r = await v();
         runs.push(r);
         console.log(`${String(mbit).padStart(5)} Mbit/s  ${r.variant.padEnd(20)} ${r.ok ? `${(r.ms / 1000).toFixed(2).padStart(7)} s  ${(r.wireBytes / 1e6).toFixed(1).padStart(7)} MB on the wire  downtime ${r.downtimeMs ?? '?'} ms` : `FAILED: ${r.error ?? ''}`}`);
       }
     }
   } finally {
-    relay?.kill();
-    dataServer?.close();
-    for (const d of [src, dstLocal, dstNs]) for (const v of d.list()) await d.delete(v).catch(() => undefined);
+    // Closing the IPC channel makes the target process remove its QEMU and exit.
+    target?.disconnect();
+    for (const d of [src, dstNs]) for (const v of d.list()) await d.delete(v).catch(() => undefined);
     teardownNetwork();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -61,11 +61,24 @@ export class Tunnel {
         });
       const results = await Promise.allSettled([failFast(this.outbound(signal)), failFast(this.inbound())]);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed !== undefined) {
-        this.opts.logger.debug({ tunnel: this.opts.label, err: String(failed.reason) }, 'tunnel ended with an error');
-      } else {
-        this.opts.logger.debug({ tunnel: this.opts.label, sent: this.encoder.stats().rawBytes, received: this.decoder.stats().rawBytes }, 'tunnel closed');
-      }
+      // What the codec did, either way (a migration's tunnels are often cut once QEMU is done with them).
+      const e = this.encoder.stats();
+      this.opts.logger.info(
+        {
+          tunnel: this.opts.label,
+          sentBytes: e.rawBytes,
+          wireBytes: e.wireBytes,
+          ratio: +e.ratio.toFixed(2),
+          level: e.level,
+          levelChanges: e.levelChanges,
+          frames: e.frames,
+          linkEstimateBytesPerSec: e.wireThroughputBytesPerSec,
+          compressBytesPerSec: e.compressBytesPerSec,
+          receivedBytes: this.decoder.stats().rawBytes,
+          ...(failed === undefined ? {} : { err: String(failed.reason) }),
+        },
+        failed === undefined ? 'tunnel closed' : 'tunnel ended with an error',
+      );
     } finally {
       signal.removeEventListener('abort', onAbort);
     }

@@ -46,6 +46,17 @@ export interface SourceRunOptions {
   beforeSwitchover(): Promise<boolean>;
   commit(): Promise<boolean>;
   onProgress(p: EngineProgress): void;
+  /** Figures known before the run (estimateBeforeStart's): later progress updates build on them. */
+  initialProgress?: EngineProgress;
+  signal: AbortSignal;
+  nowMs: () => number;
+  logger: EngineLogger;
+}
+
+export interface EstimateOptions {
+  qmp: QmpClient;
+  downtimeLimitMs: number;
+  link(): { rttMs: number | null; throughputBytesPerSec: number | null };
   signal: AbortSignal;
   nowMs: () => number;
   logger: EngineLogger;
@@ -60,6 +71,8 @@ export interface SourceRunResult {
 export interface MigrationEngine {
   prepareTarget(opts: { migrationId: string; qmp: QmpClient; disks: Array<{ nodeName: string }>; workDir: string; postcopy: boolean; logger: EngineLogger; nowMs: () => number }): Promise<EngineTargetSession>;
   runSource(opts: SourceRunOptions): Promise<SourceRunResult>;
+  /** The dirty rate and a first convergence prediction, taken while the target prepares; null if not measurable. */
+  estimateBeforeStart(opts: EstimateOptions): Promise<EngineProgress | null>;
 }
 
 /** What the orchestration needs of the QEMU driver (the agent's instance: one driver per node). */

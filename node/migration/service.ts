@@ -328,6 +328,13 @@ export class MigrationService {
     }
     if (!(await this.advance(m.id, 'preparing', { progress: { step: 'preparing the target' } }))) return;
     log.info({ phase: 'preparing' }, 'migration phase');
+    const driver = this.options.driver();
+    if (driver === null) throw new NovaError('not_ready', 'the hypervisor driver is not running');
+    // The dirty-rate sample runs while the target starts its QEMU: the prediction costs the migration no time.
+    const estimate = driver
+      .qmp(m.vm)
+      .then((qmp) => this.options.engine.estimateBeforeStart({ qmp, downtimeLimitMs: m.options.downtimeLimitMs, link: () => this.options.link(m.target), signal, nowMs: this.nowMs, logger: log }))
+      .catch(() => null);
     let exports: string[];
     try {
       const answer = await this.options.mesh.request(m.target, migrateProtocol, { op: 'prepare', migrationId: m.id } satisfies MigrateRequest, {
@@ -342,16 +349,15 @@ export class MigrationService {
       await this.failUnlessFinal(m.id, `the target could not prepare: ${errorMessage(err)}`, log);
       return;
     }
-    if (!(await this.advance(m.id, 'transferring', { progress: { step: 'transferring' } }))) return;
+    const estimated = await estimate;
+    if (!(await this.advance(m.id, 'transferring', { progress: { ...estimated, step: 'transferring' } }))) return;
     log.info({ phase: 'transferring', exports }, 'migration phase');
-    const driver = this.options.driver();
-    if (driver === null) throw new NovaError('not_ready', 'the hypervisor driver is not running');
     const workDir = join(this.options.workDir, m.id);
     await mkdir(workDir, { recursive: true, mode: 0o700 });
     let lastProgressAt: number | null = null;
     let progressInFlight = false;
     let lastWrittenStep: string | undefined;
-    let latest: EngineProgress = {};
+    let latest: EngineProgress = { ...estimated };
     let commitFigures: { downtimeMs: number; errorBoundMs: number } | null = null;
     let pausedAtMs: number | null = null;
     try {
@@ -365,6 +371,7 @@ export class MigrationService {
         options: { ...m.options },
         link: () => this.options.link(m.target),
         limiters: this.options.limiters,
+        ...(estimated === null ? {} : { initialProgress: estimated }),
         beforeSwitchover: async () => {
           const ok = await this.advance(m.id, 'switching', { progress: { ...latest, step: 'switching over' } });
           pausedAtMs = this.nowMs();

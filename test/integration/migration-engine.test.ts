@@ -11,7 +11,7 @@ import { QemuDriver } from '../../node/hypervisor/qemu.js';
 import { diskNodeName, type QemuVmConfig } from '../../node/hypervisor/qemu-args.js';
 import type { EngineProgress, EngineTargetSession } from '../../node/migration/engine.js';
 import { migrationOptionsDefault, type MigrationOptions } from '../../consensus/cluster/commands.js';
-import { prepareTarget, runSource } from '../../migration/index.js';
+import { estimateBeforeStart, prepareTarget, runSource } from '../../migration/index.js';
 import { channelPair } from '../support/channel-pair.js';
 import { commandWorks, describeIf } from '../support/prereq.js';
 import { pollFor } from '../support/cluster-http.js';
@@ -83,6 +83,9 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
 
   async function migrate(id: string, opts: { cancelAt?: (p: EngineProgress) => boolean; commit?: boolean; goLiveOnCommit?: boolean; options?: Partial<MigrationOptions> } = {}) {
     const target = config(id, 'dst');
+    const link = () => ({ rttMs: 1, throughputBytesPerSec: 100_000_000 });
+    // As the node does: the dirty-rate sample runs while the target starts its QEMU.
+    const estimating = estimateBeforeStart({ qmp: await src.qmp(id), downtimeLimitMs: migrationOptionsDefault.downtimeLimitMs, link, signal: new AbortController().signal, nowMs: Date.now, logger });
     await dst.startIncoming(target);
     const workDir = join(dir, `w-${id.slice(0, 8)}`);
     const session: EngineTargetSession = await prepareTarget({ migrationId: 'm1', qmp: await dst.qmp(id), disks: [{ nodeName: diskNodeName(0) }], workDir: `${workDir}-t`, postcopy: opts.options?.postcopy ?? false, logger, nowMs: Date.now });
@@ -90,8 +93,10 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const progress: EngineProgress[] = [];
     let channelBytes = 0;
     const pairs: Array<ReturnType<typeof channelPair>> = [];
+    const estimate = await estimating;
     const run = runSource({
       migrationId: 'm1',
+      ...(estimate === null ? {} : { initialProgress: estimate }),
       qmp: await src.qmp(id),
       disks: [{ nodeName: diskNodeName(0), exportName: session.exports[0] ?? '' }],
       workDir: `${workDir}-s`,
@@ -102,7 +107,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
         return pair.a;
       },
       options: { ...migrationOptionsDefault, deadlineMs: migrationBoundMs, ...opts.options },
-      link: () => ({ rttMs: 1, throughputBytesPerSec: 100_000_000 }),
+      link,
       beforeSwitchover: async () => true,
       commit: async () => {
         // As the node does: once committed, the target is told to run (in post-copy it must, to fault pages in).
@@ -119,7 +124,7 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     });
     const result = await run.then((r) => ({ ok: true as const, r }), (err: unknown) => ({ ok: false as const, err }));
     channelBytes = pairs.reduce((a, p) => a + p.bytes().aToB, 0);
-    return { result, session, progress, channelBytes };
+    return { result, session, progress, channelBytes, estimate };
   }
 
   async function sourceIsClean(id: string): Promise<void> {
@@ -141,14 +146,15 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
     const bootId = lastBootId(consoleLines(src, id));
     const beat0 = lastHeartbeat(consoleLines(src, id));
     const t0 = Date.now();
-    const { result, session, progress, channelBytes } = await migrate(id);
+    const { result, session, progress, channelBytes, estimate } = await migrate(id);
     if (!result.ok) throw result.err;
     const resumedAt = await session.goLive();
     const final = result.r.progress;
     console.log(`[migration-engine] ${Date.now() - t0} ms, paused→resumed ${resumedAt - result.r.pausedAtMs} ms, wire ${channelBytes} B, ratio ${final.ratio?.toFixed(2)}, level ${final.compressionLevel}, qemu downtime ${final.downtimeMs} ms`);
     // The prediction before anything moved: QEMU's sampled dirty rate, and with the link figure, converging.
-    expect(progress[0]).toMatchObject({ step: 'estimating the dirty rate', converging: true });
-    expect(progress[0]?.dirtyRateBytesPerSec).toBeGreaterThanOrEqual(0);
+    expect(estimate).toMatchObject({ step: 'estimating the dirty rate', converging: true });
+    expect(estimate?.dirtyRateBytesPerSec).toBeGreaterThanOrEqual(0);
+    expect(progress[0]?.converging).toBe(true);
     expect(progress.some((p) => p.step === 'mirroring disks')).toBe(true);
     expect(progress.some((p) => (p.step ?? '').startsWith('RAM pass'))).toBe(true);
     expect(final.wireBytes).toBeGreaterThan(0);

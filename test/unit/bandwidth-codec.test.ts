@@ -1,16 +1,16 @@
-// Proves the framed codec with real zstd: any data cut any way round-trips exactly, zero and incompressible chunks are recognised, malformed or truncated streams are refused, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
+// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BandwidthError, FrameDecoder, FrameEncoder, encodeFrame, encodeHeader, frameRawBytesMax, rechunk } from '../../bandwidth/index.js';
+import { BandwidthError, FrameDecoder, FrameEncoder, compressThreadsMax, encodeFrame, encodeHeader, frameRawBytesMax, rechunk } from '../../bandwidth/index.js';
 
 async function* from(parts: Uint8Array[]): AsyncGenerator<Uint8Array> {
   for (const p of parts) yield p;
 }
 
 /** Encodes `parts` and returns the frames written, each as written. */
-async function encode(parts: Uint8Array[], enc = new FrameEncoder({ compression: 'adaptive', random: () => 0.5 })): Promise<{ frames: Uint8Array[]; enc: FrameEncoder }> {
+async function encode(parts: Uint8Array[], enc = new FrameEncoder({ compression: 'adaptive' })): Promise<{ frames: Uint8Array[]; enc: FrameEncoder }> {
   const frames: Uint8Array[] = [];
   await enc.pump(from(parts), async (f) => void frames.push(f));
   return { frames, enc };
@@ -55,7 +55,7 @@ describe('FrameEncoder / FrameDecoder', () => {
             if (k === 'bin') return binary.subarray(i * 1000, i * 1000 + n);
             return randomBytes(n);
           });
-          const { frames } = await encode(recut(parts, cuts), new FrameEncoder({ compression, random: () => 0.5 }));
+          const { frames } = await encode(recut(parts, cuts), new FrameEncoder({ compression }));
           const back = await decodeAll(recut(frames, [...cuts].reverse()));
           expect(back.equals(Buffer.concat(parts))).toBe(true);
         },
@@ -64,17 +64,41 @@ describe('FrameEncoder / FrameDecoder', () => {
     );
   });
 
-  it('sends zero chunks as headers, text compressed, random raw', async () => {
-    const { enc, frames } = await encode([new Uint8Array(1024 * 1024), text.subarray(0, 1024 * 1024), randomBytes(1024 * 1024)]);
+  it('sends zero chunks as headers, text compressed, random at its size, and raw when off', async () => {
+    const parts = [new Uint8Array(1024 * 1024), text.subarray(0, 1024 * 1024), randomBytes(1024 * 1024)];
+    const { enc, frames } = await encode(parts);
     const s = enc.stats();
-    expect(s.frames.zero).toBe(4);
-    expect(s.frames.zstd).toBe(4);
-    expect(s.frames.raw).toBe(4);
+    expect(s.frames).toEqual({ zero: 4, zstd: 8, raw: 0 });
     expect(s.rawBytes).toBe(3 * 1024 * 1024);
-    // Zeros cost 12 bytes a chunk, text compresses many times: the whole is far under the random third plus a bit.
+    // Zeros cost 12 bytes a chunk, text compresses many times, random costs zstd a few bytes per 128 KiB block.
     expect(s.wireBytes).toBeLessThan(1024 * 1024 + 200 * 1024);
     expect(s.ratio).toBeGreaterThan(2.5);
     expect(Buffer.concat(frames).length).toBe(s.wireBytes);
+    const off = (await encode(parts, new FrameEncoder({ compression: 'off' }))).enc.stats();
+    expect(off.frames).toEqual({ zero: 4, zstd: 0, raw: 8 });
+  });
+
+  it('matches a chunk against what its level sent megabytes before (one stream per level, not chunk by chunk)', async () => {
+    // 4 MiB of random data, 16 MiB of other random data, the first 4 MiB again: only the history can find it.
+    const first = randomBytes(4 * 1024 * 1024);
+    const parts = [first, randomBytes(16 * 1024 * 1024), first];
+    const { enc, frames } = await encode(parts, new FrameEncoder({ compression: 3 }));
+    const s = enc.stats();
+    expect(s.wireBytes).toBeLessThan(20.5 * 1024 * 1024);
+    expect((await decodeAll(frames)).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  it('refuses a stream whose zstd frames come out of order or from too many levels', async () => {
+    const { frames } = await encode([text.subarray(0, 1024 * 1024)], new FrameEncoder({ compression: 3 }));
+    // The second piece of a level's stream without the first cannot be decoded.
+    await expect(decodeAll(frames.slice(1))).rejects.toMatchObject({ code: 'bandwidth_frame_invalid' });
+    const firsts: Uint8Array[] = [];
+    for (let level = 1; level <= 9; level++) {
+      firsts.push((await encode([text.subarray(0, 1000)], new FrameEncoder({ compression: level }))).frames[0]!);
+    }
+    const end = encodeFrame({ kind: 'end', level: 0, rawBytes: 0 }, null);
+    await expect(decodeAll([...firsts.slice(0, 8), end])).resolves.toHaveLength(8000);
+    await expect(decodeAll([...firsts, end])).rejects.toMatchObject({ code: 'bandwidth_frame_invalid' });
   });
 
   it('refuses malformed frames and truncated streams with typed errors', async () => {
@@ -105,6 +129,25 @@ describe('FrameEncoder / FrameDecoder', () => {
     const f = Buffer.from(frames[0]!);
     f.writeUInt32BE(99_999, 4); // claims one byte less
     await expect(decodeAll([f, ...frames.slice(1)])).rejects.toMatchObject({ code: 'bandwidth_frame_invalid' });
+  });
+
+  it('many encoders at once share the compressing threads, each with its own streams', async () => {
+    const inputs = Array.from({ length: compressThreadsMax * 3 }, (_, i) => Buffer.concat([text.subarray(i * 7919, i * 7919 + 600_000), randomBytes(100_000), binary.subarray(i * 1000, i * 1000 + 400_000)]));
+    const results = await Promise.all(inputs.map((b, i) => encode([b], new FrameEncoder({ compression: 1 + (i % 6) }))));
+    for (const [i, r] of results.entries()) {
+      expect(r.enc.stats().frames.zstd).toBeGreaterThan(0);
+      expect((await decodeAll(r.frames)).equals(inputs[i]!)).toBe(true);
+    }
+  });
+
+  it('a write that fails while the source is idle rejects the pump, not the process', async () => {
+    async function* slow(): AsyncGenerator<Uint8Array> {
+      yield text.subarray(0, 1000);
+      await new Promise((r) => setTimeout(r, 50)); // the failed write waits unobserved meanwhile
+      yield text.subarray(1000, 2000);
+    }
+    const enc = new FrameEncoder({ compression: 3 });
+    await expect(enc.pump(slow(), () => Promise.reject(new Error('peer gone')))).rejects.toThrow('peer gone');
   });
 
   it('rechunk never holds bytes back while the source has nothing ready (request/response traffic)', async () => {
@@ -145,7 +188,7 @@ describe('over a throttled link', () => {
     };
     // Binary-like data: compressible ~2-3x, 24 MB raw.
     const parts = Array.from({ length: 12 }, () => binary);
-    const enc = new FrameEncoder({ compression: 'adaptive', random: () => 0.5 });
+    const enc = new FrameEncoder({ compression: 'adaptive' });
     await enc.pump(from(parts), write);
     const s = enc.stats();
     console.log(`[bandwidth] 4 MB/s reader: link estimate ${((s.wireThroughputBytesPerSec ?? 0) / 1e6).toFixed(2)} MB/s, level ${s.level}, ratio ${s.ratio.toFixed(2)}, raw ${((s.rawThroughputBytesPerSec ?? 0) / 1e6).toFixed(1)} MB/s, frames ${JSON.stringify(s.frames)}, level changes ${s.levelChanges}`);

@@ -8,7 +8,7 @@ import pino from 'pino';
 import { decideSource, decideTarget, downtimeMs, progressDue, type SourceFacts, type TargetFacts } from '../../node/migration/decide.js';
 import { encodeDataHeader, readDataHeader, type ByteChannel, type ChannelKind } from '../../node/migration/protocol.js';
 import { MigrationService, clean, type MigrationMeshHost } from '../../node/migration/service.js';
-import type { EngineTargetSession, MigrationDriver, MigrationEngine, SourceRunOptions } from '../../node/migration/engine.js';
+import type { EngineProgress, EngineTargetSession, MigrationDriver, MigrationEngine, SourceRunOptions } from '../../node/migration/engine.js';
 import type { QmpClient } from '../../node/hypervisor/qmp.js';
 import type { VmState } from '../../node/hypervisor/qemu.js';
 import { waitUntil } from '../support/wait.js';
@@ -225,7 +225,12 @@ class FakeEngine implements MigrationEngine {
       },
     };
   }
+  initialProgress: EngineProgress | undefined;
+  async estimateBeforeStart(): Promise<EngineProgress | null> {
+    return { step: 'estimating the dirty rate', dirtyRateBytesPerSec: 4096, converging: true };
+  }
   async runSource(o: SourceRunOptions) {
+    this.initialProgress = o.initialProgress;
     const t0 = Date.now();
     const ch = await o.openChannel('ram');
     await ch.write(new TextEncoder().encode('guest-ram'));
@@ -332,8 +337,12 @@ describe('MigrationService (fake engine, mesh and driver; real state machine)', 
     mkdirSync(join(dirs[A]!.vms, vmId), { recursive: true });
     writeFileSync(join(dirs[A]!.vms, vmId, 'disk0.qcow2'), 'old');
     const seen: string[] = [];
+    let atTransferStart: EngineProgress | null = null;
     w.sm.onChange((e) => {
-      if (e.type === 'migration.advance') seen.push(w.sm.getMigration('m1')!.phase);
+      if (e.type !== 'migration.advance') return;
+      const cur = w.sm.getMigration('m1')!;
+      if (cur.phase === 'transferring') atTransferStart ??= { ...cur.progress };
+      seen.push(cur.phase);
     });
     // The agent sees the VM as migrating-out from the start.
     w.create();
@@ -342,6 +351,9 @@ describe('MigrationService (fake engine, mesh and driver; real state machine)', 
     await src.idle();
     expect([...new Set(seen)]).toEqual(['preparing', 'transferring', 'switching', 'completed']);
     expect(engine.received).toBe('guest-ram');
+    // The estimate taken while the target prepared is in the record before anything moves, and the run builds on it.
+    expect(atTransferStart).toMatchObject({ step: 'transferring', dirtyRateBytesPerSec: 4096, converging: true });
+    expect(engine.initialProgress).toMatchObject({ dirtyRateBytesPerSec: 4096 });
     expect(w.sm.getVm(vmId)!.owner).toBe(B);
     await waitUntil(() => engine.sessions[0]?.live === true, 2000);
     expect(drivers[B]!.vms.get(vmId)).toBe('running');
