@@ -125,7 +125,7 @@ export class FrameEncoder {
       }
     })();
     try {
-      for await (const chunk of rechunk(source, this.chunkBytes)) {
+      for await (const chunk of rechunk(source, this.chunkBytes, () => this.readAheadBytes())) {
         if (signal?.aborted === true) throw new BandwidthError('bandwidth_aborted', 'encoder aborted', { cause: signal.reason });
         while (queue.length >= compressAheadChunks && st.failed === null) await new Promise<void>((r) => (st.wakeReader = r));
         if (st.failed !== null) break;
@@ -160,6 +160,17 @@ export class FrameEncoder {
       compressBytesPerSec: Object.fromEntries(this.compressSpeed),
       levelChanges: this.controller.changes,
     };
+  }
+
+  /**
+   * What the transfer delivers in readAheadMs at its rate so far, within [2 chunks, readAheadBytesMax]: whatever is
+   * read ahead must still be sent after QEMU wrote its last byte, while the guest is paused (downtime).
+   */
+  private readAheadBytes(): number {
+    const rate = this.stats().rawThroughputBytesPerSec;
+    const floor = 2 * this.chunkBytes;
+    if (rate === null) return floor;
+    return Math.min(readAheadBytesMax, Math.max(floor, Math.round((rate * readAheadMs) / 1000)));
   }
 
   private async encode(chunk: Uint8Array): Promise<Uint8Array> {
@@ -201,13 +212,16 @@ export class FrameEncoder {
  * and the source is not paced by the compressor's every pause. Bounded: beyond it the source waits.
  */
 export const readAheadBytesMax = 4 * 1024 * 1024;
+/** The read-ahead holds about this much of the transfer's time (see FrameEncoder.readAheadBytes). */
+export const readAheadMs = 100;
 
 /**
  * Re-cuts a stream into chunks of `chunkBytes`, reading ahead of the consumer up to `readAheadBytes`, but never
  * holds bytes back while the source has nothing more ready (no Nagle): request/response traffic such as NBD would
  * otherwise wait for a chunk that never fills.
  */
-export async function* rechunk(source: AsyncIterable<Uint8Array>, chunkBytes: number, readAheadBytes = readAheadBytesMax): AsyncGenerator<Uint8Array> {
+export async function* rechunk(source: AsyncIterable<Uint8Array>, chunkBytes: number, readAheadBytes: number | (() => number) = readAheadBytesMax): AsyncGenerator<Uint8Array> {
+  const aheadBytes = typeof readAheadBytes === 'number' ? () => readAheadBytes : readAheadBytes;
   const it = source[Symbol.asyncIterator]();
   const queue: Uint8Array[] = [];
   let queued = 0;
@@ -222,7 +236,7 @@ export async function* rechunk(source: AsyncIterable<Uint8Array>, chunkBytes: nu
   const reader = (async () => {
     try {
       while (!stopped) {
-        if (queued >= readAheadBytes) {
+        if (queued >= aheadBytes()) {
           await new Promise<void>((r) => (st.wakeReader = r));
           continue;
         }

@@ -1,7 +1,8 @@
 // The target node of bench:migration, in its own process inside the target's network namespace, as a real target
 // node is: it starts the incoming QEMU, prepares the migration engine's target session and feeds it every tunnel
 // connection that arrives over the shaped link. Driven by the bench over the IPC channel:
-//   { op: 'prepare', config, runDir } → { op: 'ready' }   { op: 'abort' } → { op: 'aborted' }
+//   { op: 'prepare', config, runDir } → { op: 'ready' }   { op: 'loaded' } → { op: 'loaded' } (the whole stream is in)
+//   { op: 'abort' } → { op: 'aborted' }
 // Usage (through ip netns exec): node migration-target.js HOST PORT
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import type { EngineTargetSession } from '../node/migration/engine.js';
 import { prepareTarget } from '../migration/index.js';
 import { socketChannel } from './socket-channel.js';
 
-type Command = { op: 'prepare'; config: QemuVmConfig; runDir: string } | { op: 'abort' };
+type Command = { op: 'prepare'; config: QemuVmConfig; runDir: string } | { op: 'loaded' } | { op: 'abort' };
 
 const [host, portText] = process.argv.slice(2);
 if (host === undefined || portText === undefined || process.send === undefined) {
@@ -39,6 +40,10 @@ process.on('message', (m: Command) => {
         await driver.startIncoming(m.config);
         session = await prepareTarget({ migrationId: 'bench', qmp: await driver.qmp(vmId), disks: [], workDir: join(m.runDir, 'wt'), postcopy: false, logger, nowMs: Date.now });
         send({ op: 'ready' });
+      } else if (m.op === 'loaded') {
+        if (session === null) throw new Error('no session');
+        await session.loaded();
+        send({ op: 'loaded' });
       } else {
         await session?.abort('bench run over').catch(() => undefined);
         session = null;

@@ -213,6 +213,8 @@ async function main(): Promise<void> {
           options: { ...migrationOptionsDefault, compression, autoConverge: false, deadlineMs: runTimeoutMs },
           link,
           beforeSwitchover: async () => true,
+          // As the node does: the move counts as done once the target loaded it all (the clock runs until then).
+          targetLoaded: async () => (await targetSays({ op: 'loaded' })).op === 'loaded',
           commit: async () => true,
           onProgress: () => undefined,
           signal: new AbortController().signal,

@@ -7,6 +7,7 @@ export type MigrationEngineErrorCode =
   | 'migration_deadline'
   | 'migration_qemu_failed'
   | 'migration_tunnel_closed'
+  | 'migration_target_failed'
   | 'migration_switchover_refused';
 
 export class MigrationEngineError extends NovaError {

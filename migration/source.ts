@@ -22,6 +22,12 @@ export const progressIntervalMs = 500;
 export const cancelSettleTimeoutMs = 10_000;
 /** Completing the in-sync mirrors at switch-over (the guest is paused meanwhile: this bounds the added downtime). */
 export const mirrorCompleteTimeoutMs = 60_000;
+/**
+ * After QEMU completed: how long the RAM tunnel may take to deliver the stream's tail (what it read ahead, what is
+ * being compressed, the channel's buffer) before the move is given up and the guest resumes here. The tail is a
+ * few MB at most (bandwidth/encoder.ts bounds it by time at the current rate), so this only trips on a dead link.
+ */
+export const ramDeliverTimeoutMs = 60_000;
 /** Post-copy (opt-in) starts only after this many pre-copy passes that did not converge. */
 export const postcopyAfterPasses = 4;
 /**
@@ -111,6 +117,8 @@ export async function estimateBeforeStart(opts: EstimateOptions): Promise<Engine
 class SourceRun {
   private readonly abort = new AbortController();
   private readonly tunnels: Tunnel[] = [];
+  /** The tunnel of QEMU's (latest) RAM connection: the move commits only after it delivered everything. */
+  private ramTunnel: Tunnel | null = null;
   private readonly listeners: TunnelListener[] = [];
   private readonly jobEvents = new Map<string, QmpEvent>();
   private readonly limiters: RateLimiter[];
@@ -182,6 +190,7 @@ class SourceRun {
           this.abort.signal,
         );
         this.tunnels.push(tunnel);
+        if (kind === 'ram') this.ramTunnel = tunnel;
       } catch (err) {
         // QEMU sees the closed socket and fails its side; that failure is what the run reports.
         this.opts.logger.warn({ kind, err: err instanceof Error ? err.message : String(err) }, 'opening a data channel to the target failed');
@@ -303,7 +312,13 @@ class SourceRun {
           if (now - transferStartMs > options.deadlineMs + postcopyFinishTimeoutMs) throw new MigrationEngineError('migration_qemu_failed', 'post-copy did not finish in time');
           break;
         case 'completed':
-          if (!this.committed) await this.commitOrResume(switchedAtMs ?? now);
+          if (!this.committed) {
+            // QEMU is done writing to the socket, not the tunnel to the target: until the target has loaded
+            // everything, the guest's only complete copy is here, paused.
+            await this.ramDelivered();
+            if (!(await this.opts.targetLoaded())) throw new MigrationEngineError('migration_target_failed', 'the target did not load the migrated state; the VM resumes on the source');
+            await this.commitOrResume(switchedAtMs ?? now);
+          }
           this.report({ step: 'completed', downtimeMs: info.downtime ?? 0 }, info, []);
           return switchedAtMs ?? now;
         default:
@@ -321,6 +336,24 @@ class SourceRun {
           }
       }
       await nextEventOrTimeout(this.qmp, ['MIGRATION'], qmpPollMs * 4);
+    }
+  }
+
+  /** Waits (bounded) for the RAM tunnel to have put QEMU's last byte and its end frame on the channel. */
+  private async ramDelivered(): Promise<void> {
+    const tunnel = this.ramTunnel;
+    if (tunnel === null) throw new MigrationEngineError('migration_tunnel_closed', 'QEMU completed without a RAM tunnel');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new MigrationEngineError('migration_tunnel_closed', `the RAM tunnel did not deliver the stream's tail within ${ramDeliverTimeoutMs} ms`)), ramDeliverTimeoutMs);
+    });
+    try {
+      await Promise.race([tunnel.sent, timeout]);
+    } catch (err) {
+      if (err instanceof MigrationEngineError && err.code === 'migration_tunnel_closed') throw err;
+      throw new MigrationEngineError('migration_tunnel_closed', `the RAM tunnel failed before delivering the stream's tail: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -8,7 +8,7 @@ import type { EngineLogger, EngineTargetSession } from '../node/migration/engine
 import type { ByteChannel, ChannelKind } from '../node/migration/protocol.js';
 import { MigrationEngineError } from './errors.js';
 import { connectLocal, Tunnel } from './tunnel.js';
-import { qmpPollMs, sleep } from './qmp-util.js';
+import { nextEventOrTimeout, qmpPollMs } from './qmp-util.js';
 
 /** The incoming QEMU has this long after go-live is asked to finish loading the stream. */
 export const incomingFinishTimeoutMs = 30_000;
@@ -77,8 +77,8 @@ class TargetSession implements EngineTargetSession {
     }
   }
 
-  /** Waits for the stream to be fully loaded (or post-copy to have started), drops the NBD exports, runs the guest. */
-  async goLive(): Promise<number> {
+  /** Waits (bounded) for the stream to be fully loaded, or post-copy to have started. */
+  async loaded(): Promise<void> {
     const { qmp } = this.opts;
     const deadline = this.opts.nowMs() + incomingFinishTimeoutMs;
     for (;;) {
@@ -88,8 +88,15 @@ class TargetSession implements EngineTargetSession {
         throw new MigrationEngineError('migration_qemu_failed', `the incoming migration ${info.status}${info['error-desc'] === undefined ? '' : `: ${info['error-desc']}`}`);
       }
       if (this.opts.nowMs() > deadline) throw new MigrationEngineError('migration_qemu_failed', `the incoming migration did not finish within ${incomingFinishTimeoutMs} ms (${info.status ?? 'no status'})`);
-      await sleep(qmpPollMs);
+      // The guest is paused on the source meanwhile: woken by QEMU's event, not a poll's delay.
+      await nextEventOrTimeout(qmp, ['MIGRATION'], qmpPollMs);
     }
+  }
+
+  /** Waits for the stream to be loaded, drops the NBD exports, runs the guest. */
+  async goLive(): Promise<number> {
+    const { qmp } = this.opts;
+    await this.loaded();
     // The exports must go before the guest writes to its disks: nothing else may write to them after this point.
     for (let i = 0; i < this.exports.length; i++) await qmp.execute('block-export-del', { id: `mig-export-${i}` }).catch(() => undefined);
     await qmp.execute('nbd-server-stop').catch(() => undefined);

@@ -27,6 +27,14 @@ export class Tunnel {
   readonly encoder: FrameEncoder;
   readonly decoder = new FrameDecoder();
   readonly done: Promise<void>;
+  /**
+   * Settles when the outbound direction has finished: resolved once the local socket's last byte and the end frame
+   * went to the channel and its write side was closed, rejected if that direction failed. A source must not commit
+   * the move before its RAM tunnel got here: QEMU reports `completed` once it wrote to the socket, while the
+   * tunnel may still hold the stream's tail.
+   */
+  readonly sent: Promise<void>;
+  private markSent: { resolve: () => void; reject: (err: unknown) => void } | null = null;
 
   constructor(
     private readonly socket: Socket,
@@ -41,6 +49,8 @@ export class Tunnel {
     });
     // Errors surface through the socket's iterator and writes; without a listener one would crash the process.
     socket.on('error', (err) => opts.logger.debug({ tunnel: opts.label, err: err.message }, 'local socket error'));
+    this.sent = new Promise<void>((resolve, reject) => (this.markSent = { resolve, reject }));
+    this.sent.catch(() => undefined); // observed by whoever awaits it; `done` reports the failure too
     this.done = this.run(signal);
   }
 
@@ -88,8 +98,14 @@ export class Tunnel {
   private async outbound(signal: AbortSignal): Promise<void> {
     // Not the socket's default iterator: it destroys the socket when the read side ends, cutting the other direction.
     const reads = this.socket.iterator({ destroyOnReturn: false }) as AsyncIterable<Uint8Array>;
-    await this.encoder.pump(reads, (frame) => this.channel.write(frame, signal), signal);
-    await this.channel.closeWrite(signal);
+    try {
+      await this.encoder.pump(reads, (frame) => this.channel.write(frame, signal), signal);
+      await this.channel.closeWrite(signal);
+      this.markSent?.resolve();
+    } catch (err) {
+      this.markSent?.reject(err);
+      throw err;
+    }
   }
 
   /** Channel → frames checked and expanded → local socket, then a half-close. */

@@ -61,6 +61,7 @@ export const problemKinds: Readonly<Record<string, ProblemKind>> = {
   migration_deadline: { status: 504, title: 'The migration did not converge by its deadline' },
   migration_qemu_failed: { status: 502, title: 'QEMU failed the migration' },
   migration_tunnel_closed: { status: 502, title: 'The migration tunnel closed' },
+  migration_target_failed: { status: 502, title: 'The target did not load the migrated guest' },
   migration_switchover_refused: { status: 409, title: 'The switch-over was not accepted' },
   limit_exceeded: { status: 409, title: 'A cluster limit was reached' },
   snapshot_invalid: { status: 500, title: 'Cluster snapshot cannot be restored' },

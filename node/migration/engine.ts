@@ -29,6 +29,8 @@ export type EngineProgress = MigrationProgress;
 export interface EngineTargetSession {
   readonly exports: string[];
   acceptChannel(kind: ChannelKind, channel: ByteChannel): Promise<void>;
+  /** Resolves once the incoming QEMU has loaded the whole stream (it stays paused); rejects when loading failed. */
+  loaded(): Promise<void>;
   goLive(): Promise<number>;
   abort(reason: string): Promise<void>;
 }
@@ -44,6 +46,11 @@ export interface SourceRunOptions {
   /** Node-wide limiters shared by every migration of this node (bandwidth/ RateLimiter). */
   limiters?: readonly RateLimiter[];
   beforeSwitchover(): Promise<boolean>;
+  /**
+   * Pre-copy only, after QEMU completed and the RAM tunnel delivered the stream's last byte, before commit: whether
+   * the target loaded everything. False (or a failure) resumes the guest on the source: nothing was committed.
+   */
+  targetLoaded(): Promise<boolean>;
   commit(): Promise<boolean>;
   onProgress(p: EngineProgress): void;
   /** Figures known before the run (estimateBeforeStart's): later progress updates build on them. */

@@ -21,7 +21,18 @@ export const dataHeaderTimeoutMs = 10_000;
 
 export type ChannelKind = 'ram' | 'nbd';
 
-export type MigrateRequest = { op: 'prepare'; migrationId: string } | { op: 'goLive'; migrationId: string };
+export type MigrateRequest = { op: 'prepare'; migrationId: string } | { op: 'loaded'; migrationId: string } | { op: 'goLive'; migrationId: string };
+
+/**
+ * Asking whether the target loaded the whole stream: the target's QEMU may still be reading the tail the tunnel
+ * delivered (bounded by migration/target.ts incomingFinishTimeoutMs), plus the round trip.
+ */
+export const loadedTimeoutMs = 45_000;
+
+export interface LoadedAnswer {
+  /** Time on the target between receiving the request and answering (its QEMU finishing the load). */
+  handledMs: number;
+}
 
 export interface PrepareAnswer {
   /** NBD export names of the target's new disks, in spec order. */
@@ -60,7 +71,7 @@ function migrationId(v: unknown): string {
 export function validateMigrateRequest(v: unknown): MigrateRequest {
   if (typeof v !== 'object' || v === null) throw new MigrationProtocolError('request is not an object');
   const r = v as Record<string, unknown>;
-  if (r.op !== 'prepare' && r.op !== 'goLive') throw new MigrationProtocolError('unknown op');
+  if (r.op !== 'prepare' && r.op !== 'loaded' && r.op !== 'goLive') throw new MigrationProtocolError('unknown op');
   return { op: r.op, migrationId: migrationId(r.migrationId) };
 }
 
@@ -74,6 +85,12 @@ export function validatePrepareAnswer(v: unknown): PrepareAnswer {
     throw new MigrationProtocolError('exports must be a list of export names');
   }
   return { exports: e as string[] };
+}
+
+export function validateLoadedAnswer(v: unknown): LoadedAnswer {
+  const h = (v as { handledMs?: unknown } | null)?.handledMs;
+  if (typeof h !== 'number' || !Number.isFinite(h) || h < 0) throw new MigrationProtocolError('not a loaded answer');
+  return { handledMs: h };
 }
 
 export function validateGoLiveAnswer(v: unknown): GoLiveAnswer {

@@ -18,6 +18,7 @@ import {
   dataHeaderTimeoutMs,
   encodeDataHeader,
   goLiveTimeoutMs,
+  loadedTimeoutMs,
   migrateDataInboundStreamsMax,
   migrateDataProtocol,
   migrateInboundStreamsMax,
@@ -25,11 +26,13 @@ import {
   prepareTimeoutMs,
   readDataHeader,
   validateGoLiveAnswer,
+  validateLoadedAnswer,
   validateMigrateRequest,
   validatePrepareAnswer,
   type ByteChannel,
   type ChannelKind,
   type GoLiveAnswer,
+  type LoadedAnswer,
   type MigrateRequest,
   type PrepareAnswer,
 } from './protocol.js';
@@ -378,6 +381,7 @@ export class MigrationService {
           log.info({ phase: 'switching', accepted: ok }, 'migration phase');
           return ok;
         },
+        targetLoaded: () => this.askLoaded(m, log),
         commit: async () => {
           const pauseStart = pausedAtMs ?? this.nowMs();
           const completed = await this.commit(m, { ...latest, step: 'completed', durationMs: this.nowMs() - startedAt, downtimeMs: this.nowMs() - pauseStart }, log);
@@ -485,6 +489,21 @@ export class MigrationService {
     }
   }
 
+  /**
+   * Before the move is committed: whether the target's QEMU loaded the whole stream. Anything but a yes (an answer
+   * that it failed, no answer) keeps the guest on the source, where its only complete copy is.
+   */
+  private async askLoaded(m: Migration, log: Logger): Promise<boolean> {
+    try {
+      const answer = await this.options.mesh.request(m.target, migrateProtocol, { op: 'loaded', migrationId: m.id } satisfies MigrateRequest, { validate: validateLoadedAnswer, timeoutMs: loadedTimeoutMs });
+      log.info({ targetLoadMs: answer.handledMs }, 'target loaded the migrated state');
+      return true;
+    } catch (err) {
+      log.warn({ err: errorMessage(err) }, 'the target did not confirm it loaded the migrated state; the guest stays on the source');
+      return false;
+    }
+  }
+
   /** Tells the target to resume now (it also does on its own from the state) and measures the downtime. */
   private async askGoLive(m: Migration, pausedAtMs: number, log: Logger): Promise<{ downtimeMs: number; errorBoundMs: number } | null> {
     const sentAt = this.nowMs();
@@ -535,6 +554,7 @@ export class MigrationService {
     if (m === null) throw new NovaError('not_found', `no migration ${req.migrationId} in this node's state`);
     if (m.target !== this.options.nodeId || m.source !== peer) throw new NovaError('forbidden', `migration ${m.id} is not from ${peer} to this node`);
     if (req.op === 'prepare') return this.prepare(m);
+    if (req.op === 'loaded') return this.loadedRequest(m);
     return this.goLiveRequest(m);
   }
 
@@ -604,6 +624,16 @@ export class MigrationService {
     } finally {
       entry.channels.delete(channel);
     }
+  }
+
+  private async loadedRequest(m: Migration): Promise<LoadedAnswer> {
+    const received = this.nowMs();
+    // The source asks while the record is still active (it commits only after the answer).
+    if (!isMigrationActive(m)) throw new NovaError('conflict', `migration ${m.id} is ${m.phase}`);
+    const entry = this.targets.get(m.id);
+    if (entry?.session == null) throw new NovaError('conflict', `no prepared session for migration ${m.id} on this node`);
+    await entry.session.loaded();
+    return { handledMs: this.nowMs() - received };
   }
 
   private async goLiveRequest(m: Migration): Promise<GoLiveAnswer> {

@@ -109,6 +109,10 @@ describeIf({ qemu: haveQemu })('migration engine between two QEMUs', () => {
       options: { ...migrationOptionsDefault, deadlineMs: migrationBoundMs, ...opts.options },
       link,
       beforeSwitchover: async () => true,
+      targetLoaded: () => session.loaded().then(
+        () => true,
+        () => false,
+      ),
       commit: async () => {
         // As the node does: once committed, the target is told to run (in post-copy it must, to fault pages in).
         if ((opts.commit ?? true) && opts.goLiveOnCommit === true) void session.goLive().catch(() => undefined);

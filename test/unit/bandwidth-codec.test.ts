@@ -165,6 +165,37 @@ describe('FrameEncoder / FrameDecoder', () => {
     }
     expect(seen).toEqual([10, 20]);
   });
+
+  it('rechunk reads ahead of a slow consumer only as far as the bound it is given at that moment', async () => {
+    const pieceBytes = 16 * 1024;
+    let pulled = 0;
+    async function* source(): AsyncGenerator<Uint8Array> {
+      for (let i = 0; i < 256; i++) {
+        pulled += pieceBytes;
+        yield new Uint8Array(pieceBytes).fill(i);
+      }
+    }
+    let bound = 64 * 1024;
+    let consumed = 0;
+    let worstAheadBytes = 0;
+    let worstWhileSmallBytes = 0;
+    const out: number[] = [];
+    for await (const c of rechunk(source(), 32 * 1024, () => bound)) {
+      out.push(c[0] ?? -1);
+      consumed += c.byteLength;
+      await new Promise((r) => setTimeout(r, 2)); // the consumer (compressor, link) is the slow end
+      worstAheadBytes = Math.max(worstAheadBytes, pulled - consumed);
+      if (bound === 64 * 1024) worstWhileSmallBytes = Math.max(worstWhileSmallBytes, pulled - consumed);
+      if (consumed === 1024 * 1024) bound = 256 * 1024; // the transfer got faster: the bound grows with it
+    }
+    expect(consumed).toBe(256 * pieceBytes);
+    // Each chunk holds two pieces in order: nothing lost or reordered.
+    expect(out).toEqual(Array.from({ length: 128 }, (_, i) => 2 * i));
+    // Ahead by at most the bound plus the piece being read when it was reached.
+    expect(worstWhileSmallBytes).toBeLessThanOrEqual(64 * 1024 + pieceBytes);
+    expect(worstAheadBytes).toBeLessThanOrEqual(256 * 1024 + pieceBytes);
+    expect(worstAheadBytes).toBeGreaterThan(64 * 1024 + pieceBytes);
+  });
 });
 
 describe('over a throttled link', () => {

@@ -198,6 +198,8 @@ class FakeEngine implements MigrationEngine {
   /** Resolve to let the source pass from transfer to switch-over. */
   gate: Promise<void> = Promise.resolve();
   received = '';
+  /** When set, the target's QEMU "fails to load" the stream: loaded() rejects with it. */
+  loadFailure: string | null = null;
   sessions: Array<{ aborted: string | null; live: boolean }> = [];
   constructor(
     private readonly srcDriver: FakeDriver,
@@ -210,10 +212,15 @@ class FakeEngine implements MigrationEngine {
     const receive = (s: string): void => {
       this.received += s;
     };
+    const loadFailure = (): string | null => this.loadFailure;
     return {
       exports: ['novacron-m1-disk0'],
       async acceptChannel(_kind: ChannelKind, ch: ByteChannel) {
         for await (const c of ch.read()) receive(new TextDecoder().decode(c));
+      },
+      async loaded() {
+        const failure = loadFailure();
+        if (failure !== null) throw new EngineError('qemu_failed', failure);
       },
       async goLive() {
         rec.live = true;
@@ -244,6 +251,10 @@ class FakeEngine implements MigrationEngine {
       throw new EngineError('switchover_refused', 'switch-over refused');
     }
     const pausedAtMs = Date.now();
+    if (!(await o.targetLoaded())) {
+      this.srcDriver.vms.set(vmId, 'running');
+      throw new EngineError('target_failed', 'the target did not load the state');
+    }
     if (!(await o.commit())) {
       this.srcDriver.vms.set(vmId, 'running');
       throw new EngineError('switchover_refused', 'commit refused');
@@ -406,6 +417,19 @@ describe('MigrationService (fake engine, mesh and driver; real state machine)', 
     open();
     await src.idle();
     expect(phaseOf(w)).toBe('failed');
+    expect(drivers[A]!.vms.get(vmId)).toBe('running');
+    expect(engine.sessions[0]!.live).toBe(false);
+    await waitUntil(() => !drivers[B]!.vms.has(vmId), 2000);
+  });
+
+  it('a target that fails to load the stream is never committed: the VM stays owned by and running on the source', async () => {
+    const { w, src, drivers, engine } = await setup();
+    engine.loadFailure = 'error while loading state section id 2(ram)';
+    w.create();
+    await waitUntil(() => phaseOf(w) === 'failed', 5000);
+    await src.idle();
+    expect(w.sm.getMigration('m1')!.reason).toContain('did not load');
+    expect(w.sm.getVm(vmId)!.owner).toBe(A);
     expect(drivers[A]!.vms.get(vmId)).toBe('running');
     expect(engine.sessions[0]!.live).toBe(false);
     await waitUntil(() => !drivers[B]!.vms.has(vmId), 2000);

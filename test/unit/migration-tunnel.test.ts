@@ -76,3 +76,53 @@ it('closes the local socket when the channel is cut, even while the local side s
   client.destroy();
   await listener.close();
 });
+
+it('`sent` settles only once the local side ended and every byte and the end frame are on the channel; a cut channel rejects it', async () => {
+  // The source commits a move only after this: QEMU "completed" means written to the socket, not delivered.
+  const pair = channelPair();
+  const ac = new AbortController();
+  let tunnel: Tunnel | null = null;
+  const listener = await TunnelListener.listen(join(dir, 'sent.sock'), (s) => (tunnel = new Tunnel(s, pair.a, { compression: 'off', logger, label: 'sent' }, ac.signal)), logger);
+  const payload = randomBytes(12 * 1024 * 1024); // more than the channel buffers: the writer waits on the reader
+  const client = connect({ path: listener.path, allowHalfOpen: true });
+  await new Promise((r) => client.once('connect', r));
+  let sentAt: number | null = null;
+  client.end(payload);
+  while (tunnel === null) await new Promise((r) => setTimeout(r, 5));
+  const t = tunnel as Tunnel;
+  void t.sent.then(() => (sentAt = pair.bytes().aToB));
+  // The far end reads slowly; until it took enough for the tail to fit the buffer, `sent` must not have settled.
+  const reader = pair.b.read();
+  let readBytes = 0;
+  let settledEarly = false;
+  for (;;) {
+    const r = await reader.next();
+    if (r.done === true) break;
+    readBytes += r.value.byteLength;
+    if (sentAt !== null && readBytes < 4 * 1024 * 1024) settledEarly = true;
+    await new Promise((res) => setTimeout(res, 1));
+  }
+  expect(settledEarly).toBe(false);
+  // Everything was on the channel when it settled: 12 MiB of raw frames and the end frame.
+  expect(sentAt).toBe(pair.bytes().aToB);
+  expect(readBytes).toBe(pair.bytes().aToB);
+  expect(t.stats().rawBytes).toBe(payload.length);
+  client.destroy();
+  ac.abort(new Error('test over')); // the inbound direction still waits on the far end
+  await t.done;
+  await listener.close();
+
+  // A channel cut before the local side ended: `sent` rejects.
+  const cut = channelPair();
+  let cutTunnel: Tunnel | null = null;
+  const l2 = await TunnelListener.listen(join(dir, 'cut.sock'), (s) => (cutTunnel = new Tunnel(s, cut.a, { compression: 'off', logger, label: 'cut' }, new AbortController().signal)), logger);
+  const c2 = connect({ path: l2.path, allowHalfOpen: true });
+  await new Promise((r) => c2.once('connect', r));
+  c2.write(randomBytes(1024 * 1024));
+  while (cutTunnel === null) await new Promise((r) => setTimeout(r, 5));
+  cut.b.abort(new Error('peer gone'));
+  await expect((cutTunnel as Tunnel).sent).rejects.toThrow();
+  await (cutTunnel as Tunnel).done;
+  c2.destroy();
+  await l2.close();
+});
