@@ -65,6 +65,16 @@ export const rawProbeEveryChunks = 16;
 export const linkSettleMs = 1000;
 /** The level while nothing is known of the link. */
 export const unknownLinkLevel = 3;
+/** Level changes kept for the logs (the first ones: how the transfer settled is what explains its speed). */
+export const levelHistoryMax = 16;
+
+/** One level change, for logs: when (ms since the first chunk), to what, and the link estimate it was made on. */
+export interface LevelChange {
+  atMs: number;
+  level: number;
+  linkBytesPerSec: number;
+}
+
 /** Ceiling of the link estimate (100 Gbit/s). */
 export const linkEstimateMaxBytesPerSec = 12.5e9;
 
@@ -130,6 +140,7 @@ export class CompressionController {
   private pendingWaitMs = 0;
   private pendingWallMs = 0;
   changes = 0;
+  readonly history: LevelChange[] = [];
 
   constructor(opts: ControllerOptions) {
     this.mode = validateMode(opts.mode);
@@ -249,6 +260,7 @@ export class CompressionController {
         this.current = best;
         this.changedAtMs = nowMs;
         this.changes++;
+        if (this.history.length < levelHistoryMax) this.history.push({ atMs: Math.round(nowMs - this.firstChunkAtMs), level: best, linkBytesPerSec: Math.round(link) });
       }
     }
     if (this.current === 0 && ++this.rawChunks % rawProbeEveryChunks === 0) return this.measuredLevel ?? (adaptiveLevels[1] ?? 1);

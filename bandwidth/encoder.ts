@@ -3,7 +3,7 @@
 // previous frame is still being written, so the compressor and the link work at the same time. Every write's
 // back-pressure wait feeds the controller's link estimate: the measurement is passive, from the transfer itself.
 import { BandwidthError } from './errors.js';
-import { CompressionController, validateMode, type CompressionMode, type LinkHint } from './controller.js';
+import { CompressionController, validateMode, type CompressionMode, type LevelChange, type LinkHint } from './controller.js';
 import { encodeFrame, frameRawBytesMax } from './frame.js';
 import type { RateLimiter } from './rate-limit.js';
 import { ThreadedZstdStream } from './compress-pool.js';
@@ -38,6 +38,8 @@ export interface EncoderStats {
   /** Measured compressor speed (raw bytes/s) per level used. */
   compressBytesPerSec: Record<number, number>;
   levelChanges: number;
+  /** The first level changes (bounded): when, to what, on which link estimate. */
+  levelHistory: LevelChange[];
 }
 
 const zeroBlock = new Uint8Array(frameRawBytesMax);
@@ -159,6 +161,7 @@ export class FrameEncoder {
       rawThroughputBytesPerSec: elapsedMs > 0 ? this.rawBytes / (elapsedMs / 1000) : null,
       compressBytesPerSec: Object.fromEntries(this.compressSpeed),
       levelChanges: this.controller.changes,
+      levelHistory: [...this.controller.history],
     };
   }
 

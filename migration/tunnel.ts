@@ -81,6 +81,7 @@ export class Tunnel {
           ratio: +e.ratio.toFixed(2),
           level: e.level,
           levelChanges: e.levelChanges,
+          levelHistory: e.levelHistory,
           frames: e.frames,
           linkEstimateBytesPerSec: e.wireThroughputBytesPerSec,
           compressBytesPerSec: e.compressBytesPerSec,

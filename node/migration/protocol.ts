@@ -1,5 +1,5 @@
 // The two mesh protocols of a live migration between the source and the target node (members only, as every cluster
-// protocol): `/novacron/migrate/1.0.0` carries small validated JSON requests from the source to the target (prepare,
+// protocol): `/novacron/migrate/1.0.0` carries small validated JSON requests from the source to the target (prepare, loaded,
 // go live), `/novacron/migrate-data/1.0.0` carries the byte streams of the migration (QEMU's RAM stream, NBD), each
 // opened with a length-prefixed JSON header naming the migration and the channel kind.
 import { NovaError } from '../errors.js';
