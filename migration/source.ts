@@ -315,8 +315,12 @@ class SourceRun {
           if (!this.committed) {
             // QEMU is done writing to the socket, not the tunnel to the target: until the target has loaded
             // everything, the guest's only complete copy is here, paused.
+            const completedAtMs = this.opts.nowMs();
             await this.ramDelivered();
+            const deliveredAtMs = this.opts.nowMs();
             if (!(await this.opts.targetLoaded())) throw new MigrationEngineError('migration_target_failed', 'the target did not load the migrated state; the VM resumes on the source');
+            // Both are paid while the guest is paused: the tunnel's tail, then the target's QEMU finishing its load.
+            this.opts.logger.info({ tailDeliveredMs: Math.round(deliveredAtMs - completedAtMs), targetLoadedMs: Math.round(this.opts.nowMs() - deliveredAtMs) }, 'stream delivered and loaded on the target');
             await this.commitOrResume(switchedAtMs ?? now);
           }
           this.report({ step: 'completed', downtimeMs: info.downtime ?? 0 }, info, []);
