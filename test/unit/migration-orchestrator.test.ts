@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ClusterStateMachine, encodeCommand, hashSecret, migrationOptionsDefault, type ClusterCommand, type Migration, type MigrationPhase } from '../../consensus/cluster/index.js';
 import pino from 'pino';
 import { decideSource, decideTarget, downtimeMs, progressDue, type SourceFacts, type TargetFacts } from '../../node/migration/decide.js';
-import { encodeDataHeader, readDataHeader, type ByteChannel, type ChannelKind } from '../../node/migration/protocol.js';
+import { encodeDataHeader, readDataHeader, validateLoadedAnswer, validateMigrateRequest, type ByteChannel, type ChannelKind } from '../../node/migration/protocol.js';
 import { MigrationService, clean, type MigrationMeshHost } from '../../node/migration/service.js';
 import type { EngineProgress, EngineTargetSession, MigrationDriver, MigrationEngine, SourceRunOptions } from '../../node/migration/engine.js';
 import type { QmpClient } from '../../node/hypervisor/qmp.js';
@@ -114,6 +114,17 @@ describe('data stream header', () => {
     await c.write(new Uint8Array([0]));
     await c.closeWrite();
     await expect(readDataHeader(d, AbortSignal.timeout(1000))).rejects.toThrow(/ended before/);
+  });
+});
+
+describe('control requests', () => {
+  it('takes prepare, loaded and goLive with a well-formed id; refuses anything else; checks the answers', () => {
+    for (const op of ['prepare', 'loaded', 'goLive'] as const) expect(validateMigrateRequest({ op, migrationId: 'm-1' })).toEqual({ op, migrationId: 'm-1' });
+    expect(() => validateMigrateRequest({ op: 'commit', migrationId: 'm1' })).toThrow(/unknown op/);
+    expect(() => validateMigrateRequest({ op: 'loaded', migrationId: '../x' })).toThrow(/migrationId/);
+    expect(() => validateMigrateRequest(null)).toThrow(/not an object/);
+    expect(validateLoadedAnswer({ handledMs: 12 })).toEqual({ handledMs: 12 });
+    for (const bad of [{ handledMs: -1 }, { handledMs: Number.NaN }, { handledMs: '5' }, {}, null]) expect(() => validateLoadedAnswer(bad)).toThrow(/loaded answer/);
   });
 });
 
@@ -522,6 +533,9 @@ describe('MigrationService (fake engine, mesh and driver; real state machine)', 
     await expect(handlers[B]!.req!({ op: 'goLive', migrationId: 'm1' }, A)).rejects.toThrow(/not completed/);
     expect(engine.sessions[0]!.live).toBe(false);
     await expect(handlers[B]!.req!({ op: 'prepare', migrationId: 'm1' }, C)).rejects.toThrow(/not from NodeC/);
+    // Whether the stream was loaded is the source's question alone.
+    await expect(handlers[B]!.req!({ op: 'loaded', migrationId: 'm1' }, C)).rejects.toThrow(/not from NodeC/);
+    await expect(handlers[B]!.req!({ op: 'loaded', migrationId: 'm1' }, A)).resolves.toHaveProperty('handledMs');
     open();
     await waitUntil(() => phaseOf(w) === 'completed', 5000);
   });
