@@ -35,13 +35,6 @@ export const ewmaWeight = 0.2;
 export const wireSampleMinMs = 50;
 /** Share of a sample's time spent waiting on writes from which the link counts as saturated (the bottleneck). */
 export const linkSaturatedWaitShare = 0.05;
-/**
- * A saturated sample feeds the link estimate as the highest of the latest this many: a stall of a sample or two (a
- * TCP loss recovery, the receiver descheduled) makes writes wait at a fraction of the link's rate, and on its own
- * dragged a 100 Mbit/s estimate to 7 MB/s and the transfer to level 6 for half a second. A lasting drop still shows
- * after this many samples.
- */
-export const linkDipFilterSamples = 3;
 /** Growth of the link estimate per unsaturated sample. */
 export const unsaturatedGrowth = 0.25;
 /** A wire rate at least this share of the current level's output rate (speed / ratio) counts as compressor-bound. */
@@ -137,8 +130,6 @@ export class CompressionController {
   private linkBytesPerSec: number | null;
   /** Whether the link was ever measured saturated, and the time of samples since it last was. */
   private seenSaturated = false;
-  /** The latest saturated samples' rates (at most linkDipFilterSamples). */
-  private readonly saturatedRates: number[] = [];
   private sinceSaturatedMs = 0;
   private current: number;
   private changedAtMs: number | null = null;
@@ -188,9 +179,7 @@ export class CompressionController {
     this.sinceSaturatedMs = saturated ? 0 : this.sinceSaturatedMs + this.pendingWallMs;
     if (this.linkBytesPerSec === null) this.linkBytesPerSec = rate;
     else if (saturated) {
-      this.saturatedRates.push(rate);
-      if (this.saturatedRates.length > linkDipFilterSamples) this.saturatedRates.shift();
-      this.linkBytesPerSec = ewma(this.linkBytesPerSec, Math.max(...this.saturatedRates));
+      this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
       this.seenSaturated = true;
     } else if (!this.seenSaturated || this.sinceSaturatedMs >= linkProbeAfterMs) {
       // Not saturated because the compressor is the bottleneck: the link could take more than it got. Probe upward
