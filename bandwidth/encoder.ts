@@ -150,7 +150,6 @@ export class FrameEncoder {
   }
 
   stats(): EncoderStats {
-    const elapsedMs = this.startedAtMs === null ? 0 : this.nowMs() - this.startedAtMs;
     return {
       rawBytes: this.rawBytes,
       wireBytes: this.wireBytes,
@@ -158,11 +157,17 @@ export class FrameEncoder {
       level: this.controller.level,
       frames: { ...this.frames },
       wireThroughputBytesPerSec: this.controller.linkEstimateBytesPerSec,
-      rawThroughputBytesPerSec: elapsedMs > 0 ? this.rawBytes / (elapsedMs / 1000) : null,
+      rawThroughputBytesPerSec: this.rawThroughputBytesPerSec(),
       compressBytesPerSec: Object.fromEntries(this.compressSpeed),
       levelChanges: this.controller.changes,
       levelHistory: [...this.controller.history],
     };
+  }
+
+  /** Raw bytes delivered per second since the first chunk; null before. */
+  private rawThroughputBytesPerSec(): number | null {
+    const elapsedMs = this.startedAtMs === null ? 0 : this.nowMs() - this.startedAtMs;
+    return elapsedMs > 0 ? this.rawBytes / (elapsedMs / 1000) : null;
   }
 
   /**
@@ -170,7 +175,7 @@ export class FrameEncoder {
    * read ahead must still be sent after QEMU wrote its last byte, while the guest is paused (downtime).
    */
   private readAheadBytes(): number {
-    const rate = this.stats().rawThroughputBytesPerSec;
+    const rate = this.rawThroughputBytesPerSec();
     const floor = 2 * this.chunkBytes;
     if (rate === null) return floor;
     return Math.min(readAheadBytesMax, Math.max(floor, Math.round((rate * readAheadMs) / 1000)));

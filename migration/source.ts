@@ -315,12 +315,11 @@ class SourceRun {
           if (!this.committed) {
             // QEMU is done writing to the socket, not the tunnel to the target: until the target has loaded
             // everything, the guest's only complete copy is here, paused.
-            const completedAtMs = this.opts.nowMs();
             await this.ramDelivered();
             const deliveredAtMs = this.opts.nowMs();
             if (!(await this.opts.targetLoaded())) throw new MigrationEngineError('migration_target_failed', 'the target did not load the migrated state; the VM resumes on the source');
             // Both are paid while the guest is paused: the tunnel's tail, then the target's QEMU finishing its load.
-            this.opts.logger.info({ tailDeliveredMs: Math.round(deliveredAtMs - completedAtMs), targetLoadedMs: Math.round(this.opts.nowMs() - deliveredAtMs) }, 'stream delivered and loaded on the target');
+            this.opts.logger.info({ tailDeliveredMs: Math.round(deliveredAtMs - now), targetLoadedMs: Math.round(this.opts.nowMs() - deliveredAtMs) }, 'stream delivered and loaded on the target');
             await this.commitOrResume(switchedAtMs ?? now);
           }
           this.report({ step: 'completed', downtimeMs: info.downtime ?? 0 }, info, []);
@@ -347,15 +346,15 @@ class SourceRun {
   private async ramDelivered(): Promise<void> {
     const tunnel = this.ramTunnel;
     if (tunnel === null) throw new MigrationEngineError('migration_tunnel_closed', 'QEMU completed without a RAM tunnel');
+    const failed = tunnel.sent.catch((err: unknown) => {
+      throw new MigrationEngineError('migration_tunnel_closed', `the RAM tunnel failed before delivering the stream's tail: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new MigrationEngineError('migration_tunnel_closed', `the RAM tunnel did not deliver the stream's tail within ${ramDeliverTimeoutMs} ms`)), ramDeliverTimeoutMs);
     });
     try {
-      await Promise.race([tunnel.sent, timeout]);
-    } catch (err) {
-      if (err instanceof MigrationEngineError && err.code === 'migration_tunnel_closed') throw err;
-      throw new MigrationEngineError('migration_tunnel_closed', `the RAM tunnel failed before delivering the stream's tail: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      await Promise.race([failed, timeout]);
     } finally {
       clearTimeout(timer);
     }

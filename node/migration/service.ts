@@ -496,7 +496,8 @@ export class MigrationService {
   private async askLoaded(m: Migration, log: Logger): Promise<boolean> {
     try {
       const answer = await this.options.mesh.request(m.target, migrateProtocol, { op: 'loaded', migrationId: m.id } satisfies MigrateRequest, { validate: validateLoadedAnswer, timeoutMs: loadedTimeoutMs });
-      log.info({ targetLoadMs: answer.handledMs }, 'target loaded the migrated state');
+      // The engine logs the whole wait; this is the target's share of it (the rest is the round trip).
+      log.debug({ targetHandledMs: answer.handledMs }, 'target confirmed it loaded the migrated state');
       return true;
     } catch (err) {
       log.warn({ err: errorMessage(err) }, 'the target did not confirm it loaded the migrated state; the guest stays on the source');
