@@ -8,7 +8,8 @@
 // NOW and how fast this host compresses NOW come from the measurement, the relation between levels from the
 // profile. Measuring each level on its own chunks compared them on different memory (a random region against a
 // text region) and made the controller flap; comparing on the same chunk is impossible because each level is one
-// zstd stream whose history the receiver must share. C is measured passively from how long writes wait.
+// zstd stream whose history the receiver must share. C is measured from the peer's acks of what it took (and how
+// long it waited for it); before the first ack, from how long writes wait.
 //
 // PURE: time comes in as an argument, so every decision replays deterministically in tests.
 import { BandwidthError } from './errors.js';
@@ -63,8 +64,32 @@ export const rawProbeEveryChunks = 16;
  * the start of a 100 Mbit/s migration raw. A link hint from the mesh's link model needs no wait.
  */
 export const linkSettleMs = 1000;
-/** The level while nothing is known of the link. */
-export const unknownLinkLevel = 3;
+/**
+ * Link samples (from the peer's acks, the receiver waiting for our bytes) after which the link counts as measured:
+ * unlike write back-pressure they are not fooled by the kernel's buffers, so the first few already tell a slow link
+ * (one every ~60 ms at 100 Mbit/s in bench:migration) from a fast one (0–3 in a whole 1 Gbit/s transfer).
+ */
+export const deliverySettleSamples = 3;
+/**
+ * Bytes in flight that grew by more than this share of what a delivery sample delivered: we sent faster than the
+ * link took, so it is near its rate, however short the queue still is (acks' own jitter moves it by less).
+ */
+export const queueGrowthShare = 0.1;
+/**
+ * Share of a delivery sample the receiver spent on anything but waiting for our bytes (decoding, its QEMU taking
+ * them) from which it, not the link, set the pace: the delivered rate then says only that the link carries at least
+ * that much. Counted as the link's, a CPU-starved receiver at 1 Gbit/s read as a 130 Mbit/s link and sent the
+ * transfer to a level that made it 50 % slower. In bench:migration a receiver behind a 100 Mbit/s link was busy
+ * under 30 % of the time in 60–99 % of the samples, all at the link's rate; behind 1 Gbit/s, in 0–3 of 20.
+ */
+export const receiverBoundBusyShare = 0.3;
+/**
+ * The level while nothing is known of the link: the cheapest that compresses. The peer's acks measure a link that
+ * holds the transfer back within a few samples (then the level follows it); a link that never does is never
+ * measured, and the cheapest level costs both ends least CPU while still cutting the bytes (bench:migration at
+ * 1 Gbit/s: level 1 took 0.95–1.31 s, raw 1.42–1.51 s, level 3 1.43–2.40 s).
+ */
+export const unknownLinkLevel = adaptiveLevels.find((l) => l > 0) ?? 1;
 /** Level changes kept for the logs (the first ones: how the transfer settled is what explains its speed). */
 export const levelHistoryMax = 16;
 
@@ -139,6 +164,11 @@ export class CompressionController {
   private pendingWireBytes = 0;
   private pendingWaitMs = 0;
   private pendingWallMs = 0;
+  /** The last ack that started a delivery sample (null: the peer sends none, write back-pressure stands in). */
+  private lastAck: { ackedWireBytes: number; atMs: number; idleMs: number; inFlightWireBytes: number } | null = null;
+  private deliverySamples = 0;
+  /** The last delivery sample was the receiver's pace, not the link's. */
+  private receiverStalled = false;
   changes = 0;
   readonly history: LevelChange[] = [];
 
@@ -149,8 +179,6 @@ export class CompressionController {
     this.hinted = this.linkBytesPerSec !== null;
     if (this.mode === 'off') this.current = 0;
     else if (typeof this.mode === 'number') this.current = this.mode;
-    // Unknown link: level 3 keeps up with about 1.5 Gbit/s of memory and its stream (long-distance matching) is the
-    // one worth filling first; the measurements correct it after linkSettleMs.
     else this.current = this.linkBytesPerSec === null ? unknownLinkLevel : this.best(this.linkBytesPerSec);
   }
 
@@ -168,15 +196,71 @@ export class CompressionController {
    * One write of `wireBytes` that waited `waitMs` on back-pressure, `wallMs` after the previous write started.
    * While writes wait, the link is saturated and drains continuously: bytes over wall time is its rate. While they
    * hardly wait, it took everything we produced: that rate is only a lower bound, which may raise the estimate.
+   * Only until the peer's acks arrive: the kernel's buffers (megabytes) hide back-pressure for the first second of
+   * a transfer and let a busy receiver's stalls through as the link's, where acks measure delivery itself.
    */
   observeWire(wireBytes: number, waitMs: number, wallMs: number): void {
+    if (this.lastAck !== null) return;
     this.pendingWireBytes += wireBytes;
     this.pendingWaitMs += Math.max(0, waitMs);
     this.pendingWallMs += Math.max(0, wallMs);
     if (this.pendingWallMs < wireSampleMinMs) return;
-    const rate = this.pendingWireBytes / (this.pendingWallMs / 1000);
-    const saturated = this.pendingWaitMs / this.pendingWallMs >= linkSaturatedWaitShare;
-    this.sinceSaturatedMs = saturated ? 0 : this.sinceSaturatedMs + this.pendingWallMs;
+    this.sample(this.pendingWireBytes / (this.pendingWallMs / 1000), this.pendingWaitMs / this.pendingWallMs >= linkSaturatedWaitShare ? 'saturated' : 'open', this.pendingWallMs);
+    this.pendingWireBytes = 0;
+    this.pendingWaitMs = 0;
+    this.pendingWallMs = 0;
+  }
+
+  /**
+   * The peer's ack: it had taken `ackedWireBytes` of ours from the link at `atMs` (its clock), after waiting `idleMs`
+   * in all for bytes to arrive, when we had handed `sentWireBytes` to the link. Between two acks at least
+   * wireSampleMinMs apart: if the receiver hardly waited, it was the bottleneck and the rate is a lower bound of the
+   * link's. Otherwise the delivered rate is the link's if the bytes already in flight at the first would have kept
+   * it busy the whole time. If the bytes in flight grew, we sent faster than the link delivered: the rate is near
+   * the link's, no reason to probe above it. Otherwise the link took all we sent: a lower bound.
+   */
+  observeDelivery(ackedWireBytes: number, atMs: number, idleMs: number, sentWireBytes: number): void {
+    const acked = Math.min(ackedWireBytes, sentWireBytes);
+    const inFlight = sentWireBytes - acked;
+    const start = this.lastAck;
+    const next = { ackedWireBytes: acked, atMs, idleMs, inFlightWireBytes: inFlight };
+    if (start === null) {
+      this.lastAck = next;
+      return;
+    }
+    const elapsedMs = atMs - start.atMs;
+    if (elapsedMs < wireSampleMinMs || acked < start.ackedWireBytes) return;
+    const delivered = acked - start.ackedWireBytes;
+    const rate = delivered / (elapsedMs / 1000);
+    const busyShare = 1 - Math.max(0, idleMs - start.idleMs) / elapsedMs;
+    this.lastAck = next;
+    const afterStall = this.receiverStalled;
+    this.receiverStalled = delivered > 0 && busyShare >= receiverBoundBusyShare;
+    // A receiver that hardly waited set the pace itself: the link is somewhere above, and the level cannot be chosen
+    // for it, so the one in use stays. The sample after such a stall is no measure either: part of what it delivered
+    // had queued in the receiver's socket buffer meanwhile, and comes out faster than any link.
+    if (this.receiverStalled || afterStall) {
+      this.sinceSaturatedMs += elapsedMs;
+      return;
+    }
+    // An ack that reports nothing new while nothing was in flight is an idle transfer, not a dead link.
+    if (delivered === 0 && start.inFlightWireBytes === 0) return;
+    const saturated = delivered > 0 && start.inFlightWireBytes >= delivered;
+    const queueGrew = inFlight - start.inFlightWireBytes > queueGrowthShare * delivered;
+    // The first estimate comes from the link at work: a lower bound (the source idle, QEMU scanning zero pages) as the
+    // first figure would send a fast link's transfer to a level for a slow one.
+    if (this.linkBytesPerSec === null && !saturated) return;
+    this.sample(rate, saturated ? 'saturated' : queueGrew ? 'near' : 'open', elapsedMs);
+    this.deliverySamples++;
+  }
+
+  /**
+   * One measurement of the link over `durationMs`: `rate` wire bytes/s, the link's own if saturated; a lower bound
+   * otherwise, which may probe upward when `open` (nothing says the link is near).
+   */
+  private sample(rate: number, kind: 'saturated' | 'near' | 'open', durationMs: number): void {
+    const saturated = kind === 'saturated';
+    this.sinceSaturatedMs = saturated ? 0 : this.sinceSaturatedMs + durationMs;
     if (this.linkBytesPerSec === null) this.linkBytesPerSec = rate;
     else if (saturated) {
       this.linkBytesPerSec = ewma(this.linkBytesPerSec, rate);
@@ -187,12 +271,10 @@ export class CompressionController {
       // Not saturated because the source had nothing more to send (QEMU scanning memory, zero pages): the link
       // carries at least this much, nothing about how much more; and a burst into empty socket buffers looks faster
       // than any link, so the estimate only moves toward it.
-      const candidate = this.compressorBound(rate) ? this.linkBytesPerSec * (1 + unsaturatedGrowth) : ewma(this.linkBytesPerSec, Math.max(rate, this.linkBytesPerSec));
+      const probe = kind === 'open' && this.compressorBound(rate);
+      const candidate = probe ? this.linkBytesPerSec * (1 + unsaturatedGrowth) : ewma(this.linkBytesPerSec, Math.max(rate, this.linkBytesPerSec));
       this.linkBytesPerSec = Math.max(this.linkBytesPerSec, Math.min(candidate, linkEstimateMaxBytesPerSec));
     }
-    this.pendingWireBytes = 0;
-    this.pendingWaitMs = 0;
-    this.pendingWallMs = 0;
   }
 
   /** The wire rate is about what the current level's compressor can produce: it, not the source, held the transfer back. */
@@ -252,7 +334,9 @@ export class CompressionController {
     if (this.mode !== 'adaptive') return this.current;
     this.firstChunkAtMs ??= nowMs;
     const link = this.linkBytesPerSec;
-    const settled = this.hinted || this.seenSaturated || nowMs - this.firstChunkAtMs >= linkSettleMs;
+    // With acks, only enough link samples settle it: a fast link's transfer yields only a rare one (a receiver that
+    // happened to wait), and deciding on it after linkSettleMs sent a 1 Gbit/s migration to level 3.
+    const settled = this.hinted || (this.lastAck === null ? this.seenSaturated || nowMs - this.firstChunkAtMs >= linkSettleMs : this.deliverySamples >= deliverySettleSamples);
     if (link !== null && settled && (this.changedAtMs === null || nowMs - this.changedAtMs >= levelHoldMs)) {
       const best = this.best(link);
       const gain = this.current >= longDistanceLevelMin && best < longDistanceLevelMin ? historyLeaveGain : levelSwitchGain;

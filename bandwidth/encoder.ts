@@ -1,10 +1,12 @@
 // The sending half of the codec: cuts a byte stream into chunks and sends each as a frame — zero (header only),
 // raw, or zstd at the level the controller picks, compressed on a worker thread (compress-pool.ts) — while the
-// previous frame is still being written, so the compressor and the link work at the same time. Every write's
-// back-pressure wait feeds the controller's link estimate: the measurement is passive, from the transfer itself.
+// previous frame is still being written, so the compressor and the link work at the same time. The peer's acks of
+// what it took (observeAck) feed the controller's link estimate, and before the first one every write's
+// back-pressure wait: the measurement is passive, from the transfer itself. It also carries this end's acks of the
+// other direction (postAck), between its frames.
 import { BandwidthError } from './errors.js';
 import { CompressionController, validateMode, type CompressionMode, type LevelChange, type LinkHint } from './controller.js';
-import { encodeFrame, frameRawBytesMax } from './frame.js';
+import { encodeAck, encodeFrame, frameRawBytesMax, type Ack } from './frame.js';
 import type { RateLimiter } from './rate-limit.js';
 import { ThreadedZstdStream } from './compress-pool.js';
 
@@ -38,6 +40,8 @@ export interface EncoderStats {
   /** Measured compressor speed (raw bytes/s) per level used. */
   compressBytesPerSec: Record<number, number>;
   levelChanges: number;
+  /** Acks of the other direction this end sent. */
+  acksSent: number;
   /** The first level changes (bounded): when, to what, on which link estimate. */
   levelHistory: LevelChange[];
 }
@@ -62,6 +66,12 @@ export class FrameEncoder {
   private readonly frames = { raw: 0, zstd: 0, zero: 0 };
   private startedAtMs: number | null = null;
   private lastSendAtMs: number | null = null;
+  /** Bytes handed to `write`, including the one still being written: what the peer's acks are measured against. */
+  private handedBytes = 0;
+  /** The latest ack to send for the other direction (only the latest matters), and how to wake an idle sender. */
+  private pendingAck: Ack | null = null;
+  private wakeForAck: (() => void) | null = null;
+  private acksSent = 0;
 
   constructor(opts: EncoderOptions) {
     validateMode(opts.compression);
@@ -95,10 +105,19 @@ export class FrameEncoder {
       st.wakeReader?.();
       st.wakeReader = null;
     };
+    this.wakeForAck = wake;
     const sender = (async () => {
       let inFlight: Promise<void> | null = null;
       try {
         for (;;) {
+          const ack = this.pendingAck;
+          if (ack !== null) {
+            this.pendingAck = null;
+            if (inFlight !== null) await inFlight;
+            inFlight = this.sendAck(ack, write);
+            inFlight.catch(() => undefined);
+            continue;
+          }
           const next = queue[0];
           if (next === undefined) {
             if (st.readerDone || st.failed !== null) break;
@@ -118,6 +137,9 @@ export class FrameEncoder {
         }
         if (inFlight !== null) await inFlight;
         inFlight = null;
+        // Nothing may follow the end frame, acks included.
+        this.wakeForAck = null;
+        this.pendingAck = null;
         // Only a source read to its end gets the end frame: a cut stream must look cut to the receiver.
         if (st.failed === null) await this.send(encodeFrame({ kind: 'end', level: 0, rawBytes: 0 }, null), write, 0, signal);
       } catch (err) {
@@ -143,10 +165,26 @@ export class FrameEncoder {
       st.readerDone = true;
       wake();
       await sender;
+      this.wakeForAck = null;
       this.zstd?.close();
       for (const p of queue) await p.catch(() => undefined);
     }
     if (st.failed !== null) throw st.failed.err;
+  }
+
+  /**
+   * Queues an ack of what this end's decoder took from the other direction; the sender puts it on the channel
+   * between two frames. Dropped while no pump runs or once the end frame is due: acks only measure a live transfer.
+   */
+  postAck(ack: Ack): void {
+    if (this.wakeForAck === null) return;
+    this.pendingAck = ack;
+    this.wakeForAck();
+  }
+
+  /** The peer's ack of what it took from this end: the delivered rate, for the controller's link estimate. */
+  observeAck(ack: Ack): void {
+    this.controller.observeDelivery(ack.wireBytes, ack.atMs, ack.idleMs, this.handedBytes);
   }
 
   stats(): EncoderStats {
@@ -160,6 +198,7 @@ export class FrameEncoder {
       rawThroughputBytesPerSec: this.rawThroughputBytesPerSec(),
       compressBytesPerSec: Object.fromEntries(this.compressSpeed),
       levelChanges: this.controller.changes,
+      acksSent: this.acksSent,
       levelHistory: [...this.controller.history],
     };
   }
@@ -205,6 +244,7 @@ export class FrameEncoder {
   private async send(frame: Uint8Array, write: (frame: Uint8Array) => Promise<void>, waitedMs: number, signal?: AbortSignal): Promise<void> {
     const start = this.nowMs();
     for (const l of this.limiters) await l.take(frame.byteLength, signal);
+    this.handedBytes += frame.byteLength;
     await write(frame);
     const end = this.nowMs();
     this.wireBytes += frame.byteLength;
@@ -212,6 +252,15 @@ export class FrameEncoder {
     const wallMs = this.lastSendAtMs === null ? end - start : end - this.lastSendAtMs;
     this.lastSendAtMs = end;
     this.controller.observeWire(frame.byteLength, waitedMs + (end - start), Math.max(wallMs, 0));
+  }
+
+  /** An ack: on the wire and counted there, but neither rate-limited (a few bytes) nor a sample of the link. */
+  private async sendAck(ack: Ack, write: (frame: Uint8Array) => Promise<void>): Promise<void> {
+    const frame = encodeAck(ack);
+    this.handedBytes += frame.byteLength;
+    await write(frame);
+    this.wireBytes += frame.byteLength;
+    this.acksSent++;
   }
 }
 

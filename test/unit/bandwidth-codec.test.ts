@@ -1,9 +1,9 @@
-// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
+// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, acks ride between data frames (checked, never yielded as data) and an idle encoder still sends them, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BandwidthError, FrameDecoder, FrameEncoder, compressThreadsMax, encodeFrame, encodeHeader, frameRawBytesMax, rechunk } from '../../bandwidth/index.js';
+import { BandwidthError, FrameDecoder, FrameEncoder, compressThreadsMax, decodeHeader, encodeAck, encodeFrame, encodeHeader, frameRawBytesMax, rechunk, type Ack } from '../../bandwidth/index.js';
 
 async function* from(parts: Uint8Array[]): AsyncGenerator<Uint8Array> {
   for (const p of parts) yield p;
@@ -122,6 +122,71 @@ describe('FrameEncoder / FrameDecoder', () => {
       expect(err, what).toBeInstanceOf(BandwidthError);
       expect((err as BandwidthError).code, what).toBe(code);
     }
+  });
+
+  it('hands acks between data frames to onAck, not to the data; refuses acks that go backwards or carry nonsense', async () => {
+    const data = encodeFrame({ kind: 'raw', level: 0, rawBytes: 3 }, new Uint8Array([1, 2, 3]));
+    const end = encodeFrame({ kind: 'end', level: 0, rawBytes: 0 }, null);
+    const acks: Ack[] = [];
+    const dec = new FrameDecoder({ onAck: (a) => acks.push(a) });
+    const out: Uint8Array[] = [];
+    const stream = [encodeAck({ wireBytes: 0, atMs: 5, idleMs: 3 }), data, encodeAck({ wireBytes: 40_000, atMs: 25.5, idleMs: 3 }), data, end];
+    for await (const b of dec.decode(from(recut(stream, [5, 7, 13, 1, 30])))) out.push(b);
+    expect(Buffer.concat(out)).toEqual(Buffer.from([1, 2, 3, 1, 2, 3]));
+    expect(acks).toEqual([
+      { wireBytes: 0, atMs: 5, idleMs: 3 },
+      { wireBytes: 40_000, atMs: 25.5, idleMs: 3 },
+    ]);
+    expect(dec.stats()).toMatchObject({ frames: 3, acks: 2 });
+    const bad = (wireBytes: number, atMs: number, idleMs = 0): Uint8Array => {
+      const f = Buffer.from(encodeAck({ wireBytes: 0, atMs: 0, idleMs: 0 }));
+      f.writeDoubleBE(wireBytes, 12);
+      f.writeDoubleBE(atMs, 20);
+      f.writeDoubleBE(idleMs, 28);
+      return f;
+    };
+    for (const [what, frames] of [
+      ['count goes back', [encodeAck({ wireBytes: 10, atMs: 1, idleMs: 0 }), encodeAck({ wireBytes: 9, atMs: 2, idleMs: 0 }), end]],
+      ['clock goes back', [encodeAck({ wireBytes: 10, atMs: 2, idleMs: 0 }), encodeAck({ wireBytes: 11, atMs: 1, idleMs: 0 }), end]],
+      ['idle time goes back', [encodeAck({ wireBytes: 10, atMs: 1, idleMs: 1 }), encodeAck({ wireBytes: 11, atMs: 2, idleMs: 0 }), end]],
+      ['negative count', [bad(-1, 0), end]],
+      ['fractional count', [bad(1.5, 0), end]],
+      ['clock not a number', [bad(1, Number.NaN), end]],
+      ['negative idle time', [bad(1, 0, -1), end]],
+      ['idle time not a number', [bad(1, 0, Number.POSITIVE_INFINITY), end]],
+      ['wrong payload size', [encodeHeader({ kind: 'ack', level: 0, rawBytes: 0, payloadBytes: 8 }), new Uint8Array(8), end]],
+    ] as Array<[string, Uint8Array[]]>) {
+      await expect(decodeAll(frames), what).rejects.toMatchObject({ code: 'bandwidth_frame_invalid' });
+    }
+  });
+
+  it('an idle encoder still sends a posted ack; none before the pump runs or after its end frame', async () => {
+    const enc = new FrameEncoder({ compression: 3 });
+    enc.postAck({ wireBytes: 1, atMs: 1, idleMs: 0 }); // no pump yet: dropped
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    // A return path with nothing to say until released, then ends.
+    const idle: AsyncIterable<Uint8Array> = {
+      [Symbol.asyncIterator]: () => ({ next: async (): Promise<IteratorResult<Uint8Array>> => (await gate, { done: true, value: undefined }) }),
+    };
+    const kinds: string[] = [];
+    const written: Uint8Array[] = [];
+    const pump = enc.pump(idle, async (f) => {
+      kinds.push(decodeHeader(f).kind);
+      written.push(f);
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    enc.postAck({ wireBytes: 100, atMs: 10, idleMs: 3 });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(kinds).toEqual(['ack']);
+    release();
+    await pump;
+    enc.postAck({ wireBytes: 200, atMs: 20, idleMs: 3 });
+    expect(kinds).toEqual(['ack', 'end']);
+    const acks: Ack[] = [];
+    for await (const b of new FrameDecoder({ onAck: (a) => acks.push(a) }).decode(from(written))) expect(b).toBeUndefined();
+    expect(acks).toEqual([{ wireBytes: 100, atMs: 10, idleMs: 3 }]);
+    expect(enc.stats()).toMatchObject({ acksSent: 1, wireBytes: written.reduce((n, f) => n + f.byteLength, 0) });
   });
 
   it('a zstd frame that decodes to a different size than it claims is refused', async () => {

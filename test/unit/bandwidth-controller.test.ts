@@ -1,4 +1,4 @@
-// Proves the compression controller and the token bucket decide deterministically from what they are fed: raw on a link faster than the compressor can feed, a high level on a slow link, the levels not in use judged from the one measured, a switch when the link changes mid-transfer without flapping, and exact rate limiting with a fake clock.
+// Proves the compression controller and the token bucket decide deterministically from what they are fed: raw on a link faster than the compressor can feed, a high level on a slow link, the levels not in use judged from the one measured, a switch when the link changes mid-transfer without flapping, the peer's acks telling a fast link from a slow one early, and exact rate limiting with a fake clock.
 import { describe, expect, it } from 'vitest';
 import { CompressionController, RateLimiter, TokenBucket, adaptiveLevels, levelHoldMs, linkProbeAfterMs, unknownLinkLevel, BandwidthError } from '../../bandwidth/index.js';
 
@@ -193,6 +193,95 @@ describe('CompressionController', () => {
     }
     expect(levels.every((l) => l === unknownLinkLevel)).toBe(true);
     expect(c.next(1000)).toBe(0); // settled: on that evidence raw is right
+  });
+
+  it("with the peer's acks, tells a fast link from a slow one in a few hundred ms, where back-pressure needs a second", () => {
+    // Level 3 on a busy host: 50 MB/s raw, ratio 3.28, so ~15 MB/s of wire. The kernel's buffers take all of it at
+    // first whatever the link: writes never wait. Acks (every 20 ms) say what the link really delivered, and how long
+    // the receiver waited for it (it takes up to `receiverBps` of wire, idle for the rest of its capacity).
+    const run = (linkBps: number, acks: boolean, receiverBps = Infinity): { levelAt400Ms: number; estimate: number | null } => {
+      const c = new CompressionController({ mode: 'adaptive' });
+      let sent = 0;
+      let delivered = 0;
+      let idleMs = 0;
+      let levelAt400Ms = -1;
+      for (let t = 0; t <= 600; t += 5) {
+        const level = c.next(t);
+        if (t === 400) levelAt400Ms = level;
+        const speedBps = level === 0 ? Infinity : level === 1 ? 112e6 : 50e6;
+        const r = level === 0 ? 1 : level === 1 ? 2.38 : 3.28;
+        const raw = Math.min(speedBps, 1e9) * 0.005;
+        if (level > 0) c.observeCompress(level, raw, raw / r, (raw / speedBps) * 1000);
+        sent += raw / r;
+        c.observeWire(raw / r, 0, 5);
+        const step = Math.min(sent - delivered, linkBps * 0.005, receiverBps * 0.005);
+        delivered += step;
+        idleMs += receiverBps === Infinity ? 5 : 5 * (1 - step / (receiverBps * 0.005));
+        if (acks && t % 20 === 0) c.observeDelivery(delivered, t + 1000, idleMs, sent);
+      }
+      return { levelAt400Ms, estimate: c.linkEstimateBytesPerSec };
+    };
+    // 1 Gbit/s: the compressor, not the link, holds the transfer back; a cheaper level is chosen early.
+    expect(run(125e6, true).levelAt400Ms).toBeLessThan(3);
+    expect(run(125e6, false).levelAt400Ms).toBe(unknownLinkLevel); // back-pressure alone has to wait linkSettleMs
+    // 100 Mbit/s: the bytes in flight pile up, delivery is the link's rate, level 3 is chosen.
+    const slow = run(12.5e6, true);
+    expect(slow.levelAt400Ms).toBe(3);
+    expect(slow.estimate! / 12.5e6).toBeCloseTo(1, 1);
+    // 1 Gbit/s to a receiver that takes only 10 MB/s: the bytes pile up as on the slow link, but the receiver never
+    // waited, so that is its pace, not the link's: no estimate, the level stays.
+    const starved = run(125e6, true, 10e6);
+    expect(starved.estimate).toBeNull();
+    expect(starved.levelAt400Ms).toBe(unknownLinkLevel);
+    // A receiver of 50 MB/s behind the 100 Mbit/s link waits three quarters of the time: the link's pace again. One
+    // of 15 MB/s is busy most of the time: the link is not measured at its pace.
+    expect(run(12.5e6, true, 50e6).estimate! / 12.5e6).toBeCloseTo(1, 1);
+    expect(run(12.5e6, true, 15e6).estimate).toBeNull();
+  });
+
+  it('with acks, one link sample among receiver-bound ones does not settle the link, however long the transfer runs', () => {
+    const c = new CompressionController({ mode: 'adaptive' });
+    c.observeCompress(unknownLinkLevel, 1e6, 420_000, 2);
+    let t = 0;
+    let acked = 0;
+    let idle = 0;
+    c.observeDelivery(acked, t, idle, 4e6);
+    // A receiver that happened to wait: 20 MB/s with megabytes in flight.
+    t += 60;
+    acked += 1.2e6;
+    idle += 50;
+    c.observeDelivery(acked, t, idle, acked + 4e6);
+    expect(c.linkEstimateBytesPerSec! / 20e6).toBeCloseTo(1, 5);
+    // Then the receiver sets the pace for two seconds.
+    for (; t < 2000; ) {
+      t += 60;
+      acked += 3e6;
+      c.observeDelivery(acked, t, idle, acked + 4e6);
+      expect(c.next(t)).toBe(unknownLinkLevel);
+    }
+    // Two more samples of the receiver waiting on a 20 MB/s link: now it is one, and a stronger level pays.
+    for (let i = 0; i < 4; i++) {
+      t += 60;
+      acked += 1.2e6;
+      idle += 50;
+      c.observeDelivery(acked, t, idle, acked + 4e6);
+    }
+    expect(c.next(t)).toBeGreaterThan(unknownLinkLevel);
+  });
+
+  it('once acks arrive, write back-pressure no longer moves the link estimate; acks never make it negative', () => {
+    const c = new CompressionController({ mode: 3 });
+    c.observeDelivery(0, 0, 0, 1_000_000);
+    c.observeDelivery(625_000, 50, 40, 1_500_000); // 12.5 MB/s with 1 MB in flight, receiver mostly waiting: saturated
+    const estimate = c.linkEstimateBytesPerSec;
+    expect(estimate! / 12.5e6).toBeCloseTo(1, 5);
+    for (let i = 0; i < 10; i++) c.observeWire(100, 100, 100); // 1 kB/s, always waiting
+    expect(c.linkEstimateBytesPerSec).toBe(estimate);
+    c.observeDelivery(9e9, 100, 80, 1_600_000); // an ack beyond what was sent counts as all of it
+    expect(c.linkEstimateBytesPerSec!).toBeGreaterThan(0);
+    c.observeDelivery(1_600_000, 120, 100, 1_600_000); // too soon after the last sample: merged into the next
+    c.observeDelivery(1_600_000, 200, 180, 1_600_000); // nothing in flight, nothing new: idle, not a dead link
+    expect(c.linkEstimateBytesPerSec!).toBeGreaterThan(1e6);
   });
 
   it('starts from the link hint: a slow hinted link starts compressing hard', () => {

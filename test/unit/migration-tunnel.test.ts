@@ -7,6 +7,7 @@ import pino from 'pino';
 import { afterAll, expect, it } from 'vitest';
 import { Tunnel, TunnelListener } from '../../migration/tunnel.js';
 import { channelPair } from '../support/channel-pair.js';
+import type { ByteChannel } from '../../node/migration/protocol.js';
 import { randomBytes } from 'node:crypto';
 
 const logger = pino({ level: process.env.NOVACRON_TEST_LOG ?? 'silent' });
@@ -125,4 +126,65 @@ it('`sent` settles only once the local side ended and every byte and the end fra
   await (cutTunnel as Tunnel).done;
   c2.destroy();
   await l2.close();
+});
+
+/** Carries 10 MiB of random data near → far; the far "QEMU" takes at most `farBytesPerSec`, the link `linkBytesPerSec` (Infinity: the in-memory pipe's pace). */
+async function ackedTransfer(name: string, farBytesPerSec: number, linkBytesPerSec: number): Promise<{ near: Tunnel; far: Tunnel }> {
+  const farPath = join(dir, `${name}-far.sock`);
+  let farGot = 0;
+  const far = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('data', (d: Buffer) => {
+      farGot += d.byteLength;
+      s.pause();
+      setTimeout(() => s.resume(), Math.max(1, (d.byteLength / farBytesPerSec) * 1000));
+    });
+    s.on('end', () => s.end());
+  });
+  await new Promise<void>((r) => far.listen(farPath, r));
+  const pair = channelPair();
+  // The link: the far end's reads come at most at linkBytesPerSec (the pipe's 4 MiB buffer queues the rest).
+  const paced: ByteChannel = linkBytesPerSec === Infinity ? pair.b : {
+    ...pair.b,
+    read: async function* () {
+      for await (const chunk of pair.b.read()) {
+        await new Promise((r) => setTimeout(r, (chunk.byteLength / linkBytesPerSec) * 1000));
+        yield chunk;
+      }
+    },
+  };
+  const ac = new AbortController();
+  const farSocket = connect({ path: farPath, allowHalfOpen: true });
+  await new Promise((r) => farSocket.once('connect', r));
+  const farTunnel = new Tunnel(farSocket, paced, { compression: 'adaptive', logger, label: `${name}-far` }, ac.signal);
+  let nearTunnel: Tunnel | null = null;
+  const listener = await TunnelListener.listen(join(dir, `${name}-near.sock`), (s) => (nearTunnel = new Tunnel(s, pair.a, { compression: 'off', logger, label: `${name}-near` }, ac.signal)), logger);
+  const payload = randomBytes(10 * 1024 * 1024);
+  const client = connect({ path: listener.path, allowHalfOpen: true });
+  await new Promise((r) => client.once('connect', r));
+  client.on('data', () => undefined);
+  client.end(payload);
+  await new Promise((r) => client.once('close', r));
+  const near = nearTunnel as Tunnel | null;
+  if (near === null) throw new Error('no near tunnel');
+  await Promise.all([near.done, farTunnel.done]);
+  await listener.close();
+  far.close();
+  expect(farGot).toBe(payload.length);
+  return { near, far: farTunnel };
+}
+
+it("the receiving end acks what it took and how long it waited; the sender's link estimate comes from those acks", async () => {
+  // A 25 MB/s link to a fast reader: the acks (not the 4 MiB channel buffer, which took the first megabytes at
+  // memory speed) give the link's rate.
+  const slowLink = await ackedTransfer('ack-link', 1e9, 25e6);
+  expect(slowLink.far.stats().acksSent).toBeGreaterThan(5);
+  expect(slowLink.near.decoder.stats().acks).toBeGreaterThan(5);
+  const estimate = slowLink.near.stats().wireThroughputBytesPerSec ?? 0;
+  expect(estimate).toBeGreaterThan(12e6);
+  expect(estimate).toBeLessThan(50e6);
+  // A fast link to a reader that takes 20 MB/s: the bytes pile up just the same, but the receiver never waited for
+  // them, so the link is not measured at the reader's pace: it stays unknown (its rate was never what held us back).
+  const slowReader = await ackedTransfer('ack-reader', 20e6, Infinity);
+  expect(slowReader.near.decoder.stats().acks).toBeGreaterThan(5);
+  expect(slowReader.near.stats().wireThroughputBytesPerSec).toBeNull();
 });
