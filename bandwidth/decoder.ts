@@ -42,8 +42,15 @@ export class FrameDecoder {
   }
 
   stats(): DecoderStats {
-    const waiting = this.waitingSinceMs === null ? 0 : this.nowMs() - this.waitingSinceMs;
-    return { rawBytes: this.rawBytes, wireBytes: this.wireBytes, frames: this.frames, acks: this.acks, idleMs: this.idleMs + waiting };
+    const { idleMs } = this.ackNow();
+    return { rawBytes: this.rawBytes, wireBytes: this.wireBytes, frames: this.frames, acks: this.acks, idleMs };
+  }
+
+  /** What this end has taken so far, for an ack to the sender: count, time and idle time from one clock reading. */
+  ackNow(): Ack {
+    const atMs = this.nowMs();
+    const waiting = this.waitingSinceMs === null ? 0 : atMs - this.waitingSinceMs;
+    return { wireBytes: this.wireBytes, atMs, idleMs: this.idleMs + waiting };
   }
 
   /** The channel's chunks, timing how long each was waited for. */
@@ -90,7 +97,7 @@ export class FrameDecoder {
         }
         const payload = buf.take(h.payloadBytes);
         if (h.kind === 'ack') {
-          this.ack(decodeAckPayload(payload));
+          this.receiveAck(decodeAckPayload(payload));
           continue;
         }
         this.rawBytes += h.rawBytes;
@@ -101,7 +108,7 @@ export class FrameDecoder {
   }
 
   /** Counts and idle time only ever grow, and so does the peer's clock: anything else is a broken peer, not a measurement. */
-  private ack(a: Ack): void {
+  private receiveAck(a: Ack): void {
     if (this.lastAck !== null && (a.wireBytes < this.lastAck.wireBytes || a.atMs < this.lastAck.atMs || a.idleMs < this.lastAck.idleMs)) {
       const { wireBytes, atMs, idleMs } = this.lastAck;
       throw new BandwidthError('bandwidth_frame_invalid', `invalid frame: ack of ${a.wireBytes} bytes at ${a.atMs} ms (${a.idleMs} ms idle) goes back from ${wireBytes} at ${atMs} (${idleMs} idle)`);

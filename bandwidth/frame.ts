@@ -9,8 +9,7 @@
 // version 1 compressed every chunk alone. An ack (version 3) travels against the data: the receiver's count of
 // wire bytes it took from the channel, its clock then, and how long it had waited on the channel in all (three f64
 // BE), from which the sender's controller learns what the link delivers and whether the link or the receiver is
-// the bottleneck (bandwidth/controller.ts). A peer of another version refuses the stream
-// rather than misread it.
+// the bottleneck (bandwidth/controller.ts). A peer of another version refuses the stream rather than misread it.
 // No checksum: the stream below (TCP under Noise's AEAD) already guarantees integrity, and QEMU's migration
 // stream and NBD have their own structure. Every length is bounded before anything is allocated.
 import { BandwidthError } from './errors.js';

@@ -71,10 +71,10 @@ export class Tunnel {
     // Acks of the inbound direction ride the outbound one (the encoder drops them once it has ended).
     let acked = 0;
     const acker = setInterval(() => {
-      const { wireBytes, idleMs } = this.decoder.stats();
-      if (wireBytes === acked) return;
-      acked = wireBytes;
-      this.encoder.postAck({ wireBytes, atMs: performance.now(), idleMs });
+      const ack = this.decoder.ackNow();
+      if (ack.wireBytes === acked) return;
+      acked = ack.wireBytes;
+      this.encoder.postAck(ack);
     }, ackIntervalMs);
     try {
       // A failing direction tears both down at once: the other may be blocked on a peer that will never send.
