@@ -6,7 +6,7 @@ import { accessSync, constants } from 'node:fs';
 import type { NodeConfig } from './config/schema.js';
 import { lockDataDir, prepareDataDir, type DataDirLayout, type DataDirLock } from './datadir.js';
 import type { Logger } from './log.js';
-import { createApi, type Api } from './api/server.js';
+import { closeApi, createApi, type Api } from './api/server.js';
 import { registerSystemRoutes, type Check, type VersionInfo } from './api/routes/system.js';
 import { registerMetricsRoutes } from './api/routes/metrics.js';
 import { NodeMetrics, renderClusterMetrics } from './metrics.js';
@@ -272,7 +272,7 @@ export class NovaNode {
         if (ms >= slowShutdownStepMs) this.logger.warn({ step: name, ms }, 'slow shutdown step');
       };
       try {
-        await step('api', () => this.api.close());
+        await step('api', () => closeApi(this.api));
         // the agent lets go of its QEMUs (they keep running) before Raft and the mesh stop.
         await step('migrations', async () => this.vms?.migrations.stop().catch((err: unknown) => this.logger.error({ err }, 'migration service did not stop cleanly')));
         await step('vm agent', async () => this.vms?.agent.stop().catch((err: unknown) => this.logger.error({ err }, 'VM agent did not stop cleanly')));

@@ -16,6 +16,8 @@ export type Api = FastifyInstance<RawServerDefault, RawRequestDefaultExpression,
 
 export const requestTimeoutMs = 30_000;
 export const keepAliveTimeoutMs = 65_000;
+/** At shutdown, requests in flight get this long to finish; then every connection still open is cut. */
+export const apiDrainMs = 2_000;
 
 // ajv-formats is CommonJS: at run time the default import is the plugin function, while its typings
 // describe the module namespace; normalise both shapes.
@@ -114,4 +116,24 @@ export async function createApi(options: ApiOptions): Promise<Api> {
     async () => app.swagger(),
   );
   return app;
+}
+
+/**
+ * Stops the API: no new connections, requests in flight may finish for `drainMs`, then whatever is still open is
+ * closed. Without the bound, a keep-alive connection Node does not count as idle holds close() until the client
+ * drops it (up to keepAliveTimeoutMs), which outlasts the node's whole shutdown budget.
+ */
+export async function closeApi(app: Api, drainMs: number = apiDrainMs): Promise<void> {
+  const closing = app.close();
+  const timer = setTimeout(() => {
+    app.server.getConnections((err, count) => {
+      app.log.info({ connections: err === null ? count : null, drainMs }, 'API connections still open after the drain: closing them');
+      app.server.closeAllConnections();
+    });
+  }, drainMs);
+  try {
+    await closing;
+  } finally {
+    clearTimeout(timer);
+  }
 }

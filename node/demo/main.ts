@@ -174,6 +174,17 @@ async function stopDemoVm(first: DemoNode, token: string, id: string): Promise<v
   throw new Error(`the demo VM did not stop within ${demoVmStopTimeoutMs} ms`);
 }
 
+/** Lines of a node's log shown when it fails: enough for the error and the lines leading to it. */
+const failedLogTailLines = 30;
+
+function logTail(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-failedLogTailLines).join('\n');
+  } catch (err) {
+    return `(cannot read it: ${(err as Error).message})`;
+  }
+}
+
 function startNode(root: string, index: number, port: number, meshPort: number): DemoNode {
   const name = `demo-${index}`;
   const dataDir = join(root, `node${index}`);
@@ -258,6 +269,10 @@ async function main(): Promise<number> {
   const codes = await Promise.all(nodes.map((n) => new Promise<number>((res) => (n.child.exitCode !== null ? res(n.child.exitCode) : n.child.on('exit', (c) => res(c ?? 1))))));
   const worst = codes.find((c) => c !== 0) ?? 0;
   process.stdout.write(`demo: nodes stopped (exit ${codes.join(', ')})\n`);
+  // A node that did not stop cleanly says why in its log; show the end of it rather than leave the user to look.
+  nodes.forEach((n, i) => {
+    if (codes[i] !== 0) process.stderr.write(`demo: ${n.name} exited ${codes[i] ?? '?'}; the end of ${n.log}:\n${logTail(n.log)}\n`);
+  });
   return worst;
 }
 

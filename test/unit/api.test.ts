@@ -1,8 +1,9 @@
-// Proves the HTTP shell end to end in-process: system routes, OpenAPI generation, and problem+json for every failure path.
+// Proves the HTTP shell end to end in-process: system routes, OpenAPI generation, problem+json for every failure path, and a shutdown that lets requests in flight finish but is not held open by a connection.
+import { connect, type AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import Type from 'typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApi, type Api } from '../../node/api/server.js';
+import { closeApi, createApi, type Api } from '../../node/api/server.js';
 import { registerSystemRoutes, type Check } from '../../node/api/routes/system.js';
 import { ConflictError } from '../../node/errors.js';
 import { createLogger } from '../../node/log.js';
@@ -151,5 +152,42 @@ describe('errors as problem+json', () => {
     const res = await app.inject({ method: 'GET', url: '/v1/nothing?x=1' });
     expect(res.statusCode).toBe(404);
     expect(res.json()).toMatchObject({ code: 'not_found', detail: 'no route for GET /v1/nothing' });
+  });
+});
+
+describe('shutdown', () => {
+  async function listening(): Promise<{ api: Api; port: number }> {
+    const { logger } = createLogger({ level: 'silent', stdout: sink });
+    const api = await createApi({ logger, bodyLimitBytes: 2048 });
+    api.get('/slow', async () => {
+      await new Promise((r) => setTimeout(r, 300));
+      return { done: true };
+    });
+    await api.listen({ host: '127.0.0.1', port: 0 });
+    return { api, port: (api.server.address() as AddressInfo).port };
+  }
+
+  it('lets a request in flight finish', async () => {
+    const { api, port } = await listening();
+    const res = fetch(`http://127.0.0.1:${port}/slow`);
+    await new Promise((r) => setTimeout(r, 100));
+    await closeApi(api, 5_000);
+    const answered = await res;
+    expect(answered.status).toBe(200);
+    expect(await answered.json()).toEqual({ done: true });
+  });
+
+  it('closes a connection that is not idle once the drain is over', async () => {
+    const { api, port } = await listening();
+    // A request whose headers never end: Node counts the connection active, so close() alone would wait for it.
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
+    const socketClosed = new Promise<void>((r) => socket.once('close', () => r()));
+    await new Promise((r) => setTimeout(r, 50));
+    const t0 = Date.now();
+    await closeApi(api, 200);
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    await socketClosed;
   });
 });
