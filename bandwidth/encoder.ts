@@ -14,6 +14,20 @@ import { ThreadedZstdStream } from './compress-pool.js';
 export const compressAheadChunks = 4;
 /** Raw bytes per frame: big enough for zstd to find redundancy and for headers to vanish, small enough to pipeline. */
 export const chunkBytesDefault = 256 * 1024;
+/**
+ * Bytes on their way (handed to the channel, not yet acked by the peer) are held to the link's rate times its
+ * round trip plus this much. Without the bound the kernel's TCP buffers fill with seconds of the stream on a slow
+ * link, and a migration's last bytes queue behind them while the guest is paused: at 10 Mbit/s the real pause was
+ * 2.2 s against QEMU's 0.7 s. The slack covers the ack interval and a receiver's short stalls, so the bound never
+ * holds back a link that could carry more.
+ */
+export const inFlightSlackMs = 100;
+/** Round trip assumed where the link model has none. */
+export const inFlightRttAssumedMs = 100;
+/** Never a smaller bound than this (bytes): a few frames, whatever the estimate. */
+export const inFlightWindowMinBytes = 256 * 1024;
+/** With no ack for this long while held, the bound is lifted until the next ack: a silent peer must not stall us. */
+export const ackSilenceMs = 500;
 
 export interface EncoderOptions {
   compression: CompressionMode;
@@ -42,6 +56,8 @@ export interface EncoderStats {
   levelChanges: number;
   /** Acks of the other direction this end sent. */
   acksSent: number;
+  /** Time the sender waited for room in flight (inFlightWindowBytes) in all. */
+  heldForAcksMs: number;
   /** The first level changes (bounded): when, to what, on which link estimate. */
   levelHistory: LevelChange[];
 }
@@ -72,6 +88,13 @@ export class FrameEncoder {
   private pendingAck: Ack | null = null;
   private wakeForAck: (() => void) | null = null;
   private acksSent = 0;
+  /** The peer's latest ack (wire bytes it took) and when it arrived here; null before the first. */
+  private peerTookBytes = 0;
+  private lastAckAtMs: number | null = null;
+  /** Set once the peer's direction ended: it sends no more acks, so nothing may wait for them. */
+  private peerAcksEnded = false;
+  private readonly rttMs: number;
+  private heldMs = 0;
 
   constructor(opts: EncoderOptions) {
     validateMode(opts.compression);
@@ -82,6 +105,7 @@ export class FrameEncoder {
       throw new BandwidthError('bandwidth_options_invalid', `chunkBytes must be 1..${frameRawBytesMax}, got ${this.chunkBytes}`);
     }
     this.controller = new CompressionController({ mode: opts.compression, ...(opts.linkHint === undefined ? {} : { linkHint: opts.linkHint }) });
+    this.rttMs = opts.linkHint?.rttMs ?? inFlightRttAssumedMs;
   }
 
   /**
@@ -130,6 +154,23 @@ export class FrameEncoder {
           // Wait for the previous frame only now: its write overlapped this chunk's compression.
           const waitStart = this.nowMs();
           if (inFlight !== null) await inFlight;
+          inFlight = null;
+          // Then for room in flight; acks of the other direction still go meanwhile (the peer may be waiting on them).
+          for (let holdMs = this.holdMs(frame.byteLength); holdMs > 0 && st.failed === null; holdMs = this.holdMs(frame.byteLength)) {
+            const ack = this.pendingAck;
+            if (ack !== null) {
+              this.pendingAck = null;
+              await this.sendAck(ack, write);
+              continue;
+            }
+            const heldFrom = this.nowMs();
+            await new Promise<void>((r) => {
+              const timer = setTimeout(() => ((st.wakeSender = null), r()), holdMs);
+              st.wakeSender = () => (clearTimeout(timer), r());
+            });
+            this.heldMs += this.nowMs() - heldFrom;
+          }
+          if (st.failed !== null) break;
           inFlight = this.send(frame, write, this.nowMs() - waitStart, signal);
           // Observed now, awaited later: a write that fails while nothing is ready must not be an unhandled
           // rejection (that ends the process); the next await or the finally below still sees the error.
@@ -185,6 +226,35 @@ export class FrameEncoder {
   /** The peer's ack of what it took from this end: the delivered rate, for the controller's link estimate. */
   observeAck(ack: Ack): void {
     this.controller.observeDelivery(ack.wireBytes, ack.atMs, ack.idleMs, this.handedBytes);
+    this.peerTookBytes = ack.wireBytes;
+    this.lastAckAtMs = this.nowMs();
+    // A sender held for room in flight may go on.
+    this.wakeForAck?.();
+  }
+
+  /** The peer's direction ended: no more acks will come, so the in-flight bound no longer applies. */
+  peerEnded(): void {
+    this.peerAcksEnded = true;
+    this.wakeForAck?.();
+  }
+
+  /**
+   * The in-flight bound in bytes: the link's estimated rate times its round trip plus inFlightSlackMs; none
+   * (Infinity) before the peer's first ack, without an estimate, or once the peer's acks ended.
+   */
+  inFlightWindowBytes(): number {
+    const rate = this.controller.linkEstimateBytesPerSec;
+    if (this.lastAckAtMs === null || this.peerAcksEnded || rate === null) return Infinity;
+    return Math.max(inFlightWindowMinBytes, Math.round((rate * (this.rttMs + inFlightSlackMs)) / 1000));
+  }
+
+  /** How long to hold a frame of `bytes` before it may go (0: now); re-asked whenever an ack arrives. */
+  private holdMs(bytes: number): number {
+    const inFlight = this.handedBytes - this.peerTookBytes;
+    // One frame always goes onto an empty pipe, however big it is.
+    if (inFlight <= 0 || inFlight + bytes <= this.inFlightWindowBytes() || this.lastAckAtMs === null) return 0;
+    const silentMs = this.nowMs() - this.lastAckAtMs;
+    return silentMs >= ackSilenceMs ? 0 : ackSilenceMs - silentMs;
   }
 
   stats(): EncoderStats {
@@ -199,6 +269,7 @@ export class FrameEncoder {
       compressBytesPerSec: Object.fromEntries(this.compressSpeed),
       levelChanges: this.controller.changes,
       acksSent: this.acksSent,
+      heldForAcksMs: Math.round(this.heldMs),
       levelHistory: [...this.controller.history],
     };
   }

@@ -48,6 +48,8 @@ interface Run {
   ms: number;
   wireBytes: number;
   downtimeMs: number | null;
+  /** The guest's real pause: the source's STOP event until the target has loaded everything (polled, ±20 ms). */
+  pauseMs: number | null;
   ok: boolean;
   error?: string;
 }
@@ -124,6 +126,15 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number): Promise<{ statu
   }
 }
 
+/** Watches for the source's STOP event, whose QEMU timestamp (host clock) is when the guest paused. */
+function watchPause(qmp: QmpClient): { pauseUntil: (endMs: number) => number | null; off: () => void } {
+  let at: number | null = null;
+  const off = qmp.onEvent((e) => {
+    if (e.event === 'STOP' && at === null) at = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+  });
+  return { pauseUntil: (endMs) => (at === null ? null : Math.round(endMs - at)), off };
+}
+
 async function main(): Promise<void> {
   const speedsArg = process.argv.indexOf('--speeds');
   const speeds = (speedsArg > 0 ? (process.argv[speedsArg + 1] ?? '') : '10,100,1000').split(',').map(Number).filter((n) => n > 0);
@@ -183,12 +194,18 @@ async function main(): Promise<void> {
         await sleep(200);
         const tx0 = txBytes();
         const t0 = performance.now();
-        await srcQmp.execute('migrate', { uri: `tcp:${nsIp}:${qemuPort}` });
-        const r = await waitMigration(srcQmp, runTimeoutMs);
-        // The source's `completed` means written to its socket: the clock stops when the target has it all, as
-        // NovaCron's does (its source commits only then).
-        if (r.status === 'completed') await waitMigration(dq, runTimeoutMs);
-        return { variant, mbit, ms: performance.now() - t0, wireBytes: txBytes() - tx0, downtimeMs: r.downtime, ok: r.status === 'completed', ...(r.error === null ? {} : { error: r.error }) };
+        const pause = watchPause(srcQmp);
+        try {
+          await srcQmp.execute('migrate', { uri: `tcp:${nsIp}:${qemuPort}` });
+          const r = await waitMigration(srcQmp, runTimeoutMs);
+          // The source's `completed` means written to its socket: the clock stops when the target has it all, as
+          // NovaCron's does (its source commits only then).
+          if (r.status === 'completed') await waitMigration(dq, runTimeoutMs);
+          const pauseMs = pause.pauseUntil(Date.now());
+          return { variant, mbit, ms: performance.now() - t0, wireBytes: txBytes() - tx0, downtimeMs: r.downtime, pauseMs, ok: r.status === 'completed', ...(r.error === null ? {} : { error: r.error }) };
+        } finally {
+          pause.off();
+        }
       } finally {
         await dstNs.delete(id).catch(() => undefined);
         await resume();
@@ -201,6 +218,7 @@ async function main(): Promise<void> {
       await srcQmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 ** 3 });
       // As the node does: the dirty-rate sample runs while the target prepares. The clock starts when the target is
       // ready, where plain QEMU's starts; whatever of the sample is left then counts.
+      const pause = watchPause(srcQmp);
       const estimating = estimateBeforeStart({ qmp: srcQmp, downtimeLimitMs: migrationOptionsDefault.downtimeLimitMs, link, signal: new AbortController().signal, nowMs: Date.now, logger });
       try {
         const ready = await targetSays({ op: 'prepare', config, runDir: join(dir, 'd') });
@@ -208,6 +226,7 @@ async function main(): Promise<void> {
         const tx0 = txBytes();
         const t0 = performance.now();
         const estimate = await estimating;
+        let loadedAtMs: number | null = null;
         const result = await runSource({
           ...(estimate === null ? {} : { initialProgress: estimate }),
           migrationId: 'bench',
@@ -219,7 +238,11 @@ async function main(): Promise<void> {
           link,
           beforeSwitchover: async () => true,
           // As the node does: the move counts as done once the target loaded it all (the clock runs until then).
-          targetLoaded: async () => (await targetSays({ op: 'loaded' })).op === 'loaded',
+          targetLoaded: async () => {
+            const loaded = (await targetSays({ op: 'loaded' })).op === 'loaded';
+            loadedAtMs = Date.now();
+            return loaded;
+          },
           commit: async () => true,
           onProgress: () => undefined,
           signal: new AbortController().signal,
@@ -227,10 +250,11 @@ async function main(): Promise<void> {
           logger,
         });
         const ms = performance.now() - t0;
-        return { variant, mbit, ms, wireBytes: txBytes() - tx0, downtimeMs: result.progress.downtimeMs ?? null, ok: true };
+        return { variant, mbit, ms, wireBytes: txBytes() - tx0, downtimeMs: result.progress.downtimeMs ?? null, pauseMs: loadedAtMs === null ? null : pause.pauseUntil(loadedAtMs), ok: true };
       } catch (err) {
-        return { variant, mbit, ms: 0, wireBytes: 0, downtimeMs: null, ok: false, error: err instanceof Error ? err.message : String(err) };
+        return { variant, mbit, ms: 0, wireBytes: 0, downtimeMs: null, pauseMs: null, ok: false, error: err instanceof Error ? err.message : String(err) };
       } finally {
+        pause.off();
         await targetSays({ op: 'abort' });
         await resume();
       }
@@ -258,7 +282,7 @@ async function main(): Promise<void> {
         }
         const r = await v();
         runs.push(r);
-        console.log(`${String(mbit).padStart(5)} Mbit/s  ${r.variant.padEnd(20)} ${r.ok ? `${(r.ms / 1000).toFixed(2).padStart(7)} s  ${(r.wireBytes / 1e6).toFixed(1).padStart(7)} MB on the wire  downtime ${r.downtimeMs ?? '?'} ms` : `FAILED: ${r.error ?? ''}`}`);
+        console.log(`${String(mbit).padStart(5)} Mbit/s  ${r.variant.padEnd(20)} ${r.ok ? `${(r.ms / 1000).toFixed(2).padStart(7)} s  ${(r.wireBytes / 1e6).toFixed(1).padStart(7)} MB on the wire  downtime ${r.downtimeMs ?? '?'} ms  paused ${r.pauseMs ?? '?'} ms` : `FAILED: ${r.error ?? ''}`}`);
       }
     }
   } finally {
@@ -278,7 +302,7 @@ async function main(): Promise<void> {
     const fixed = at.filter((r) => r.variant.startsWith('novacron-') && r.variant !== 'novacron-adaptive');
     const best = fixed.reduce<Run | null>((b, r) => (b === null || r.ms < b.ms ? r : b), null);
     summary[String(mbit)] = {
-      runs: Object.fromEntries(at.map((r) => [r.variant, { seconds: +(r.ms / 1000).toFixed(2), wireMB: +(r.wireBytes / 1e6).toFixed(1), downtimeMs: r.downtimeMs }])),
+      runs: Object.fromEntries(at.map((r) => [r.variant, { seconds: +(r.ms / 1000).toFixed(2), wireMB: +(r.wireBytes / 1e6).toFixed(1), downtimeMs: r.downtimeMs, pauseMs: r.pauseMs }])),
       speedupVsPlainQemu: plain !== null && adaptive !== null ? +(plain / adaptive).toFixed(2) : null,
       speedupVsMultifdZstd: ms('qemu-multifd-zstd') !== null && adaptive !== null ? +((ms('qemu-multifd-zstd') ?? 0) / adaptive).toFixed(2) : null,
       bestFixed: best?.variant ?? null,

@@ -5,6 +5,9 @@ import type { ByteChannel } from '../node/migration/protocol.js';
 export function socketChannel(socket: Socket): ByteChannel {
   // Failures surface through write callbacks and the iterator; an 'error' event without a listener would crash.
   socket.on('error', () => undefined);
+  // As libp2p's TCP transport does (noDelay true): without it Nagle holds the acks, small frames, behind the
+  // peer's delayed ACKs.
+  socket.setNoDelay(true);
   return {
     write: (chunk) => new Promise((resolve, reject) => socket.write(chunk, (err) => (err == null ? resolve() : reject(err)))),
     read: async function* () {

@@ -101,6 +101,7 @@ export class Tunnel {
           compressBytesPerSec: e.compressBytesPerSec,
           receivedBytes: this.decoder.stats().rawBytes,
           acks: { sent: e.acksSent, received: this.decoder.stats().acks },
+          heldForAcksMs: e.heldForAcksMs,
           ...(failed === undefined ? {} : { err: String(failed.reason) }),
         },
         failed === undefined ? 'tunnel closed' : 'tunnel ended with an error',
@@ -128,6 +129,8 @@ export class Tunnel {
   /** Channel → frames checked and expanded → local socket, then a half-close. */
   private async inbound(): Promise<void> {
     for await (const bytes of this.decoder.decode(this.channel.read())) await writeSocket(this.socket, bytes);
+    // The peer's direction is over, its acks with it: this end's sender must not wait for more.
+    this.encoder.peerEnded();
     if (!this.socket.destroyed) this.socket.end();
   }
 

@@ -1,4 +1,4 @@
-// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, acks ride between data frames (checked, never yielded as data) and an idle encoder still sends them, and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
+// Proves the framed codec with real zstd on its worker threads: any data cut any way round-trips exactly, encoders at once keep their own streams, zero chunks go as headers, a level's stream matches against what it sent before, malformed, out-of-order or truncated streams are refused, acks ride between data frames (checked, never yielded as data) and an idle or held encoder still sends them, bytes in flight are held to the link's bound once acks come (and let go on a silent or ended peer), and over a throttled link the encoder's passive link estimate tracks the throttle and it compresses.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
@@ -187,6 +187,68 @@ describe('FrameEncoder / FrameDecoder', () => {
     for await (const b of new FrameDecoder({ onAck: (a) => acks.push(a) }).decode(from(written))) expect(b).toBeUndefined();
     expect(acks).toEqual([{ wireBytes: 100, atMs: 10, idleMs: 3 }]);
     expect(enc.stats()).toMatchObject({ acksSent: 1, wireBytes: written.reduce((n, f) => n + f.byteLength, 0) });
+  });
+
+  it('holds bytes in flight to the link estimate times round trip plus slack once acks come; lets go on acks, on a silent peer, and once the peer ended', async () => {
+    const chunk = 64 * 1024;
+    // 1 MB/s, 0.9 s round trip: bound = 1 MB/s × (900 + inFlightSlackMs) ms = 1 MB, above inFlightWindowMinBytes.
+    const enc = new FrameEncoder({ compression: 'off', chunkBytes: chunk, linkHint: { throughputBytesPerSec: 1_000_000, rttMs: 900 } });
+    expect(enc.inFlightWindowBytes()).toBe(Infinity); // no ack yet: no bound
+    const data = randomBytes(4 * 1024 * 1024);
+    let handed = 0;
+    let release: () => void = () => undefined;
+    const open = new Promise<void>((r) => (release = r));
+    // The source: a first part, then the rest once released, so the first ack lands before the bound is needed.
+    async function* source(): AsyncGenerator<Uint8Array> {
+      yield data.subarray(0, chunk);
+      await open;
+      yield data.subarray(chunk);
+    }
+    const written: Uint8Array[] = [];
+    const pump = enc.pump(source(), async (f) => {
+      written.push(f);
+      handed += f.byteLength;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    enc.observeAck({ wireBytes: 0, atMs: 1, idleMs: 0 });
+    expect(enc.inFlightWindowBytes()).toBe(1_000_000);
+    release();
+    await new Promise((r) => setTimeout(r, 100));
+    // Held: at most the bound in flight (nothing acked yet), and well short of the 4 MiB.
+    expect(handed).toBeLessThanOrEqual(1_000_000);
+    expect(handed).toBeGreaterThan(1_000_000 - chunk - 64);
+    expect(enc.stats().wireBytes).toBe(handed);
+    // An ack of everything makes room for about another bound's worth.
+    const before = handed;
+    enc.observeAck({ wireBytes: handed, atMs: 2, idleMs: 1 });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(handed - before).toBeGreaterThan(1_000_000 - chunk - 64);
+    expect(handed - before).toBeLessThanOrEqual(1_000_000);
+    // A peer that stays silent for ackSilenceMs does not stall the stream: the rest goes, in order.
+    const silentFrom = handed;
+    await new Promise((r) => setTimeout(r, 700));
+    expect(handed).toBeGreaterThan(silentFrom);
+    enc.peerEnded();
+    expect(enc.inFlightWindowBytes()).toBe(Infinity);
+    await pump;
+    // Buffer.equals, not toEqual: a deep compare of 4 MiB byte by byte takes vitest seconds.
+    expect((await decodeAll(written)).equals(data)).toBe(true);
+    expect(enc.stats().heldForAcksMs).toBeGreaterThan(400);
+  });
+
+  it('a held sender still sends the acks of the other direction', async () => {
+    const enc = new FrameEncoder({ compression: 'off', chunkBytes: 64 * 1024, linkHint: { throughputBytesPerSec: 1_000_000, rttMs: 900 } });
+    const kinds: string[] = [];
+    const pump = enc.pump(from([randomBytes(64 * 1024), randomBytes(2 * 1024 * 1024)]), async (f) => void kinds.push(decodeHeader(f).kind));
+    enc.observeAck({ wireBytes: 0, atMs: 1, idleMs: 0 });
+    await new Promise((r) => setTimeout(r, 50));
+    const dataSoFar = kinds.length;
+    enc.postAck({ wireBytes: 10, atMs: 5, idleMs: 1 });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(kinds.length).toBe(dataSoFar + 1);
+    expect(kinds.at(-1)).toBe('ack');
+    enc.peerEnded();
+    await pump;
   });
 
   it('a zstd frame that decodes to a different size than it claims is refused', async () => {
