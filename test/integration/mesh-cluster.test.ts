@@ -1,14 +1,15 @@
 // Proves a real five-process mesh on loopback (mDNS off): nodes join through one bootstrap node with join tokens
 // (API and CLI), every view converges to all five, a SIGKILLed node turns unreachable within the TTL, a non-member
 // cannot open cluster protocols, and malformed, expired, revoked, reused and foreign-cluster tokens are refused.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { multiaddr } from '@multiformats/multiaddr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mesh, MeshStreamRefusedError, decodeJoinToken, encodeJoinToken, membersProtocol, silentLogger } from '../../mesh/index.js';
 import { parseLogLines, runCli, spawnCli, waitForLog } from '../support/proc.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 const telemetryIntervalMs = 500;
 const ttlMs = 3 * telemetryIntervalMs + 1000;
@@ -26,7 +27,7 @@ const procs: NodeProc[] = [];
 let outsider: Mesh | undefined;
 
 async function startNode(name: string): Promise<NodeProc> {
-  const dataDir = mkdtempSync(join(tmpdir(), `nc-mesh-${name}-`));
+  const dataDir = tempDir(`nc-mesh-${name}-`);
   const child = spawnCli([
     'node', 'start', '--data-dir', dataDir, '--name', name, '--api-host', '127.0.0.1', '--api-port', '0',
     '--set', 'mesh.listen=/ip4/127.0.0.1/tcp/0', '--set', 'mesh.mdns=false', '--set', `mesh.telemetryIntervalMs=${telemetryIntervalMs}`,
@@ -112,7 +113,7 @@ describe('five-node mesh', () => {
   it('refuses cluster protocols to a peer that is not a member and logs its peer id', async () => {
     const n1 = procs[0]!;
     const status = await api<{ addresses: string[] }>(n1, 'GET', '/v1/mesh/status');
-    const dir = mkdtempSync(join(tmpdir(), 'nc-outsider-'));
+    const dir = tempDir('nc-outsider-');
     outsider = await Mesh.create({
       config: {
         listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, members: [], telemetryIntervalMs, telemetryTtlMs: 0, maxConnections: 16,

@@ -2,12 +2,12 @@
 // node A (no route between them); C still connects to B through A's circuit address and B's telemetry appears in
 // C's view (and C's in B's). Needs root and iproute2; the namespaces are removed even when the test fails.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { cliPath, collect, waitForLog, assertBuilt } from '../support/proc.js';
 import { commandWorks, describeIf, isRoot } from '../support/prereq.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 const suffix = String(process.pid % 10000);
 const ns = { a: `ncA${suffix}`, b: `ncB${suffix}`, c: `ncC${suffix}` };
@@ -59,7 +59,7 @@ function inNs(n: string, args: string[]): ChildProcess {
 }
 
 async function startNode(n: string, name: string, extra: string[]): Promise<void> {
-  const dataDir = mkdtempSync(join(tmpdir(), `nc-relay-${name}-`));
+  const dataDir = tempDir(`nc-relay-${name}-`);
   const child = inNs(n, [
     'node', 'start', '--data-dir', dataDir, '--name', name, '--api-host', '127.0.0.1', '--api-port', String(apiPort),
     '--set', 'mesh.mdns=false', '--set', 'mesh.telemetryIntervalMs=500', ...extra,

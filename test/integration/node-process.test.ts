@@ -1,11 +1,13 @@
 // Proves a real `novacron node start` process: serves health, readiness, version and OpenAPI, shuts down cleanly
 // on SIGTERM and SIGINT, refuses bad configuration and a data dir already in use.
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { collect, runCli, spawnCli, waitForLog } from '../support/proc.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 const children: ChildProcess[] = [];
 afterEach(() => {
@@ -13,7 +15,7 @@ afterEach(() => {
 });
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'nc-node-'));
+  return tempDir('nc-node-');
 }
 
 async function startNode(dataDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {

@@ -1,13 +1,15 @@
 // Proves configuration loading: precedence of file < env < flags, and that every bad input is reported with its key, value and source.
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { coerce, configLeaves, loadConfig } from '../../node/config/load.js';
 import { ConfigError, type ConfigIssue } from '../../node/errors.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'nc-config-'));
+  return tempDir('nc-config-');
 }
 
 function issuesOf(fn: () => unknown): ConfigIssue[] {

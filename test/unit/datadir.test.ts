@@ -1,14 +1,16 @@
 // Proves the data dir is created private, refuses unusable paths with a DataDirError, and that the pid lock keeps two nodes apart.
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { lockDataDir, prepareDataDir } from '../../node/datadir.js';
 import { DataDirError } from '../../node/errors.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'nc-datadir-'));
+  return tempDir('nc-datadir-');
 }
 
 describe('prepareDataDir', () => {

@@ -1,8 +1,6 @@
 // Proves the protocol layer over two real in-process libp2p nodes: length-prefixed messages above the maximum are
 // refused (typed error, stream reset) in both directions, every request has a deadline (typed timeout), remote errors
 // and validation failures are typed, and bulk streams record bytes moved into the link model.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { memory } from '@libp2p/memory';
@@ -18,6 +16,9 @@ import {
   silentLogger,
   type MeshConfig,
 } from '../../mesh/index.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 let a: Mesh;
 let b: Mesh;
@@ -29,7 +30,7 @@ const smallLimitBytes = 1024;
 let serverSawTooLarge: unknown;
 
 async function make(members: string[] = []): Promise<Mesh> {
-  const dir = mkdtempSync(join(tmpdir(), 'nc-frame-'));
+  const dir = tempDir('nc-frame-');
   const config: MeshConfig = {
     listen: [`/memory/${randomUUID()}`], announce: [], bootstrap: [], mdns: false, members, telemetryIntervalMs: 60_000, telemetryTtlMs: 0, maxConnections: 16,
     relay: { enabled: false, reserve: false, maxReservations: 1, reservationTtlMs: 60_000, dataLimitBytes: 1 << 20, durationLimitMs: 60_000 },

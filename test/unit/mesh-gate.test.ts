@@ -1,11 +1,12 @@
 // Proves the membership gate with two real in-process libp2p nodes: a non-member's cluster-protocol stream is reset before any data is read and logged with its peer id; after a join token admits it, the same request succeeds.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { memory } from '@libp2p/memory';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Mesh, MeshStreamRefusedError, infoProtocol, silentLogger, type MeshConfig, type MeshLogger } from '../../mesh/index.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 const meshes: Mesh[] = [];
 afterEach(async () => {
@@ -38,7 +39,7 @@ function recordingLogger(lines: Array<Record<string, unknown>>): MeshLogger {
 }
 
 async function makeMesh(name: string, logger: MeshLogger = silentLogger): Promise<Mesh> {
-  const dir = mkdtempSync(join(tmpdir(), 'nc-mesh-'));
+  const dir = tempDir('nc-mesh-');
   const m = await Mesh.create({ config: config(), identityDir: join(dir, 'identity'), dataDir: dir, nodeName: name, version: 'test', logger, transports: [memory()] });
   meshes.push(m);
   await m.start();

@@ -1,16 +1,18 @@
 // Proves join tokens: encoding round-trips, only a hash of the secret is stored, and malformed, expired, revoked,
 // reused, wrong-cluster and unknown tokens are refused with distinct codes; state survives a restart.
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { JoinTokenError } from '../../mesh/errors.js';
 import { JoinTokenStore, checkTokenForJoiner, decodeJoinToken, encodeJoinToken, joinTokenPrefix } from '../../mesh/join-token.js';
+import { removeTempDirs, tempDir } from '../support/tmp.js';
+
+afterAll(removeTempDirs);
 
 const boot = ['/ip4/127.0.0.1/tcp/8781/p2p/12D3KooWMZ1MWi9SFwVbsWneo9FTEtw5NxYVuh2TGkMtjwJDFBok'];
 
 function store(): { s: JoinTokenStore; dir: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'nc-tok-'));
+  const dir = tempDir('nc-tok-');
   return { s: new JoinTokenStore(dir), dir };
 }
 
