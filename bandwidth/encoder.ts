@@ -134,9 +134,8 @@ export class FrameEncoder {
       let inFlight: Promise<void> | null = null;
       try {
         for (;;) {
-          const ack = this.pendingAck;
+          const ack = this.takePendingAck();
           if (ack !== null) {
-            this.pendingAck = null;
             if (inFlight !== null) await inFlight;
             inFlight = this.sendAck(ack, write);
             inFlight.catch(() => undefined);
@@ -157,9 +156,8 @@ export class FrameEncoder {
           inFlight = null;
           // Then for room in flight; acks of the other direction still go meanwhile (the peer may be waiting on them).
           for (let holdMs = this.holdMs(frame.byteLength); holdMs > 0 && st.failed === null; holdMs = this.holdMs(frame.byteLength)) {
-            const ack = this.pendingAck;
+            const ack = this.takePendingAck();
             if (ack !== null) {
-              this.pendingAck = null;
               await this.sendAck(ack, write);
               continue;
             }
@@ -221,6 +219,12 @@ export class FrameEncoder {
     if (this.wakeForAck === null) return;
     this.pendingAck = ack;
     this.wakeForAck();
+  }
+
+  private takePendingAck(): Ack | null {
+    const ack = this.pendingAck;
+    this.pendingAck = null;
+    return ack;
   }
 
   /** The peer's ack of what it took from this end: the delivered rate, for the controller's link estimate. */

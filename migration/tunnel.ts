@@ -87,6 +87,7 @@ export class Tunnel {
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       // What the codec did, either way (a migration's tunnels are often cut once QEMU is done with them).
       const e = this.encoder.stats();
+      const d = this.decoder.stats();
       this.opts.logger.info(
         {
           tunnel: this.opts.label,
@@ -99,8 +100,8 @@ export class Tunnel {
           frames: e.frames,
           linkEstimateBytesPerSec: e.wireThroughputBytesPerSec,
           compressBytesPerSec: e.compressBytesPerSec,
-          receivedBytes: this.decoder.stats().rawBytes,
-          acks: { sent: e.acksSent, received: this.decoder.stats().acks },
+          receivedBytes: d.rawBytes,
+          acks: { sent: e.acksSent, received: d.acks },
           heldForAcksMs: e.heldForAcksMs,
           ...(failed === undefined ? {} : { err: String(failed.reason) }),
         },
