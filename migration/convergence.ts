@@ -56,3 +56,22 @@ export function qemuMaxBandwidthBytesPerSec(capBytesPerSec: number | null): numb
   if (capBytesPerSec === null) return qemuBandwidthBytesPerSecMax;
   return Math.max(1, Math.round(Math.min(capBytesPerSec * compressionGainCeiling, qemuBandwidthBytesPerSecMax)));
 }
+
+/** Change of the link estimate, as a share of the figure last given to QEMU, that is worth a QMP call. */
+export const switchoverBandwidthChangeShare = 0.1;
+
+/**
+ * QEMU's switch-over bandwidth (avail-switchover-bandwidth, bytes/s) from the tunnel's link estimate (wire bytes/s),
+ * or null to leave it as it is. QEMU's own figure is the rate at which our socket took its writes, and the tunnel's
+ * read-ahead and compression queue take bursts far faster than the link (at 10 Mbit/s QEMU measured 5-800 Mbit/s), so
+ * it stopped the guest with a second of stream left. The link's wire rate, not wire rate times the compression ratio:
+ * the ratio of the last dirty pages is their content's, not the transfer's so far (the controller's swung 1-7 chunk
+ * to chunk), and a wrong guess lengthens the pause; counting them uncompressed costs a pass or two of small pages.
+ * Re-set only when the estimate moved by more than switchoverBandwidthChangeShare.
+ */
+export function switchoverBandwidthUpdate(lastSetBytesPerSec: number | null, linkBytesPerSec: number | null): number | null {
+  if (linkBytesPerSec === null || !Number.isFinite(linkBytesPerSec) || linkBytesPerSec < 1) return null;
+  const next = Math.round(Math.min(linkBytesPerSec, qemuBandwidthBytesPerSecMax));
+  if (lastSetBytesPerSec !== null && Math.abs(next - lastSetBytesPerSec) <= lastSetBytesPerSec * switchoverBandwidthChangeShare) return null;
+  return next;
+}

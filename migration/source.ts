@@ -11,7 +11,7 @@ import { RateLimiter } from '../bandwidth/index.js';
 import type { QmpClient, QmpEvent } from '../node/hypervisor/qmp.js';
 import type { EngineProgress, EstimateOptions, SourceRunOptions, SourceRunResult } from '../node/migration/engine.js';
 import type { ChannelKind } from '../node/migration/protocol.js';
-import { predictConvergence, qemuDowntimeLimitMs, qemuMaxBandwidthBytesPerSec } from './convergence.js';
+import { predictConvergence, qemuDowntimeLimitMs, qemuMaxBandwidthBytesPerSec, switchoverBandwidthUpdate } from './convergence.js';
 import { MigrationEngineError } from './errors.js';
 import { nextEventOrTimeout, qmpPollMs, sleep } from './qmp-util.js';
 import { Tunnel, TunnelListener } from './tunnel.js';
@@ -119,6 +119,8 @@ class SourceRun {
   private readonly tunnels: Tunnel[] = [];
   /** The tunnel of QEMU's (latest) RAM connection: the move commits only after it delivered everything. */
   private ramTunnel: Tunnel | null = null;
+  /** The avail-switchover-bandwidth last given to QEMU (bytes/s); null: QEMU's own estimate. */
+  private switchoverBandwidth: number | null = null;
   private readonly listeners: TunnelListener[] = [];
   private readonly jobEvents = new Map<string, QmpEvent>();
   private readonly limiters: RateLimiter[];
@@ -280,7 +282,9 @@ class SourceRun {
     ];
     await this.qmp.execute('migrate-set-capabilities', { capabilities });
     const downtimeLimit = qemuDowntimeLimitMs(options.downtimeLimitMs, this.opts.link().rttMs);
-    await this.qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimit, 'max-bandwidth': qemuMaxBandwidthBytesPerSec(options.maxBandwidthBytesPerSec) });
+    // avail-switchover-bandwidth 0 (QEMU's own estimate) until the link is measured: the QEMU outlives a cancelled
+    // migration, and with it the figure an earlier one set.
+    await this.qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimit, 'max-bandwidth': qemuMaxBandwidthBytesPerSec(options.maxBandwidthBytesPerSec), 'avail-switchover-bandwidth': 0 });
     const transferStartMs = this.opts.nowMs();
     this.migrateStarted = true;
     await this.qmp.execute('migrate', { uri: `unix:${join(this.opts.workDir, 'ram-out.sock')}` });
@@ -294,6 +298,7 @@ class SourceRun {
       if (now - lastReportMs >= progressIntervalMs || status === 'completed') {
         lastReportMs = now;
         this.report({ step: postcopyStarted ? 'post-copy' : `RAM pass ${info.ram?.['dirty-sync-count'] ?? 1}` }, info, []);
+        if (status === 'active' && !postcopyStarted) await this.setSwitchoverBandwidth();
       }
       switch (status) {
         case 'failed':
@@ -412,6 +417,15 @@ class SourceRun {
     } catch (err) {
       log.error({ err: err instanceof Error ? err.message : String(err) }, 'restoring the source after a failed migration did not finish; the agent takes over');
     }
+  }
+
+  /** Tells QEMU what the link can carry at switch-over (migration/convergence.ts says why it needs telling). */
+  private async setSwitchoverBandwidth(): Promise<void> {
+    const next = switchoverBandwidthUpdate(this.switchoverBandwidth, this.ramTunnel?.stats().wireThroughputBytesPerSec ?? null);
+    if (next === null) return;
+    await this.qmp.execute('migrate-set-parameters', { 'avail-switchover-bandwidth': next });
+    this.opts.logger.debug({ availSwitchoverBandwidth: next, was: this.switchoverBandwidth }, 'switch-over bandwidth set from the link estimate');
+    this.switchoverBandwidth = next;
   }
 
   // ---- progress ----

@@ -1,6 +1,6 @@
-// Proves the convergence predictor and the QEMU parameters derived from a migration's options and the link model.
+// Proves the convergence predictor and the QEMU parameters derived from a migration's options and the link model, the switch-over bandwidth included.
 import { describe, expect, it } from 'vitest';
-import { predictConvergence, qemuDowntimeLimitMs, qemuMaxBandwidthBytesPerSec, qemuBandwidthBytesPerSecMax, compressionGainCeiling } from '../../migration/convergence.js';
+import { predictConvergence, qemuDowntimeLimitMs, qemuMaxBandwidthBytesPerSec, qemuBandwidthBytesPerSecMax, compressionGainCeiling, switchoverBandwidthUpdate } from '../../migration/convergence.js';
 
 const MB = 1e6;
 
@@ -40,5 +40,18 @@ describe('QEMU parameters', () => {
     expect(qemuMaxBandwidthBytesPerSec(null)).toBe(qemuBandwidthBytesPerSecMax);
     expect(qemuMaxBandwidthBytesPerSec(1_000_000)).toBe(1_000_000 * compressionGainCeiling);
     expect(qemuMaxBandwidthBytesPerSec(10e9)).toBe(qemuBandwidthBytesPerSecMax);
+  });
+
+  it('gives QEMU the link estimate as its switch-over bandwidth, and again only when the estimate moved by more than a tenth', () => {
+    // Unknown link: QEMU keeps its own figure.
+    expect(switchoverBandwidthUpdate(null, null)).toBeNull();
+    expect(switchoverBandwidthUpdate(null, 0)).toBeNull();
+    expect(switchoverBandwidthUpdate(null, Number.NaN)).toBeNull();
+    expect(switchoverBandwidthUpdate(null, 1_183_320.4)).toBe(1_183_320);
+    expect(switchoverBandwidthUpdate(1_183_320, 1_250_000)).toBeNull();
+    expect(switchoverBandwidthUpdate(1_183_320, 1_070_000)).toBeNull();
+    expect(switchoverBandwidthUpdate(1_183_320, 1_400_000)).toBe(1_400_000);
+    expect(switchoverBandwidthUpdate(1_183_320, 1_000_000)).toBe(1_000_000);
+    expect(switchoverBandwidthUpdate(null, 1e12)).toBe(qemuBandwidthBytesPerSecMax);
   });
 });
