@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { demoGuestCmdline, ensureDemoGuest } from '../../node/hypervisor/demo-guest.js';
-import { api, nodeRows, pollFor, type NodeProc } from '../support/cluster-http.js';
+import { api, nodeRows, pollFor, type ApiAnswer, type NodeProc } from '../support/cluster-http.js';
 import { commandWorks, describeIf } from '../support/prereq.js';
 import { lastBootId, lastHeartbeat, lastMemtouchPass, memtouchCorrupt, qemuPid } from '../support/guest-console.js';
 import { killNodesAndRemove, pidAlive, psLines, runCli, spawnCli, waitForLog } from '../support/proc.js';
@@ -186,15 +186,15 @@ describeIf({ qemu: haveQemu })('live migration on a 3-node cluster', () => {
     const pid = qemuPid(before!);
     for (const phase of ['requested', 'preparing', 'transferring']) {
       // Each phase is held while the cancel goes through, so the cancel meets it whatever the host's load (`preparing`
-      // lasts ~300 ms; on a loaded host a cancel sent on seeing it met `transferring` 3 times in 3, and CI failed): in requested the source node is stopped (SIGSTOP), so it cannot
-      // start; in preparing the target node is stopped, so its answer to `prepare` cannot come; in transferring the
-      // stream is capped at 2 MB/s (≈ 17 s for this guest). The stopped node's QEMUs run on; it resumes afterwards and
-      // must catch up to the cancelled record.
+      // lasts ~300 ms; on a loaded host a cancel sent on seeing it met `transferring` 3 times in 3, and CI failed):
+      // in requested the source node is stopped (SIGSTOP), so it cannot start; in preparing the target node is
+      // stopped, so its answer to `prepare` cannot come; in transferring the stream is capped at 2 MB/s (≈ 17 s for
+      // this guest). The stopped node's QEMUs run on; it resumes afterwards and must catch up to the cancelled record.
       const held = phase === 'requested' ? n1 : phase === 'preparing' ? n2 : null;
       const via = held === n1 ? n2 : n1;
       const events = await followEvents(via);
       let m: MigrationOut;
-      let cancel: Awaited<ReturnType<typeof call<{ migration: MigrationOut }>>>;
+      let cancel: ApiAnswer<{ migration: MigrationOut }>;
       held?.child.kill('SIGSTOP');
       try {
         // Writes go through a leader; if the stopped node led, the others elect one first.
